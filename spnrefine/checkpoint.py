@@ -1,0 +1,100 @@
+"""A model on disk: ``model.safetensors`` + ``config.json`` side by side, checksummed, no pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from spnrefine.errors import SpnrefineError
+from spnrefine.model import ModelConfig, SPNRefiner
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Stored in config.json beside the hyper-parameters; checked on every load.
+CHECKSUM_KEY = "weights_sha256"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: SPNRefiner, folder: str | Path) -> Path:
+    """Write the model's weights and config into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    _replace_atomically(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    config = json.loads(model.config.to_json())
+    config[CHECKSUM_KEY] = sha256_file(weights)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _replace_atomically(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return folder
+
+
+def load_model(path: str | Path) -> SPNRefiner:
+    """Load a model from a folder holding both files, or from a ``.safetensors`` file.
+
+    A lone ``.safetensors`` file must have its ``config.json`` beside it. The checksum in the
+    config is verified, and every tensor must match the architecture the config describes.
+    """
+    path = Path(path)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    config_path = weights.parent / CONFIG_FILE
+    if not weights.is_file():
+        raise SpnrefineError("no model.safetensors found", weights)
+    if weights.suffix != ".safetensors":
+        raise SpnrefineError("weights must be a .safetensors file (pickles are not loaded)", path)
+    if not config_path.is_file():
+        raise SpnrefineError("config.json is missing beside the weights", config_path)
+    try:
+        data = json.loads(config_path.read_text())
+        expected = data.pop(CHECKSUM_KEY, None)
+        config = ModelConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise SpnrefineError(f"invalid model config: {err}", config_path) from None
+    if expected is not None and sha256_file(weights) != expected:
+        raise SpnrefineError("weights fail their checksum (file corrupt or replaced)", weights)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise SpnrefineError(f"unreadable safetensors file: {err}", weights) from None
+    model = SPNRefiner(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise SpnrefineError(f"weights do not match config.json: {detail}", weights) from None
+    return model.eval()
+
+
+def state_checksum(model: torch.nn.Module) -> str:
+    """A checksum of the parameters themselves, independent of the file they came from."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,74 @@
+"""The class-agnostic refiner: gates from the image, each class's map propagated along them.
+
+Every class goes through the same weights: its probability map is embedded into ``hidden``
+channels, propagated in four directions with the gates the guidance net predicted for the
+tile, merged, and read out to one logit. A softmax across classes gives the refined map, so
+one model serves a binary mask, a soft foreground map and a 150-class map alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from spnrefine.model.config import ModelConfig
+from spnrefine.model.guidance import GuidanceNet, coarse_cues
+from spnrefine.propagation import DIRECTIONS, propagate
+
+_LOG_EPS = 1e-4
+
+
+class SPNRefiner(nn.Module):
+    """Tile-level refiner: (image B×3×H×W in [0,1], probs B×C×H×W) → logits B×C×H×W."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        k = self.config.hidden
+        self.guidance = GuidanceNet(k, self.config.widths, self.config.mode)
+        # Per-class embedding (shared by all classes): probability and log-probability.
+        self.embed = nn.Conv2d(2, k, 3, padding=1)
+        if self.config.merge == "learned":
+            self.merge = nn.Conv2d(len(DIRECTIONS) * k, k, 1)
+        elif self.config.merge != "max":
+            raise ValueError(f"unknown merge {self.config.merge!r}; expected 'max' or 'learned'")
+        self.readout = nn.Sequential(
+            nn.Conv2d(k + 2, self.config.readout, 1),
+            nn.ELU(inplace=True),
+            nn.Conv2d(self.config.readout, 1, 1),
+        )
+
+    def gates(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        return self.guidance(image, coarse_cues(probs))
+
+    def propagate_classes(
+        self, probs: torch.Tensor, gates: torch.Tensor, backend: str | None = None
+    ) -> torch.Tensor:
+        """Refine the classes in ``probs`` (B×C×H×W) with precomputed gates → logits B×C×H×W.
+
+        Classes are independent given the gates, so callers may pass any subset of them.
+        """
+        b, c, h, w = probs.shape
+        k = self.config.hidden
+        per_class = probs.reshape(b * c, 1, h, w)
+        cue = torch.cat([per_class, torch.log(per_class.clamp_min(_LOG_EPS))], 1)
+        hidden = self.embed(cue).view(b, c * k, h, w)  # channel (class, j) uses gate group j
+        merge = "max" if self.config.merge == "max" else None
+        out = propagate(hidden, gates, self.config.mode, DIRECTIONS, merge, backend=backend)
+        if merge is None:  # B×D×(C·k)×H×W → (B·C)×(D·k)×H×W for the learned merge
+            d = out.shape[1]
+            out = out.view(b, d, c, k, h, w).transpose(1, 2).reshape(b * c, d * k, h, w)
+            out = F.elu(self.merge(out))
+        else:
+            out = out.view(b * c, k, h, w)
+        logits = self.readout(torch.cat([out, cue], 1))
+        return logits.view(b, c, h, w)
+
+    def forward(
+        self, image: torch.Tensor, probs: torch.Tensor, backend: str | None = None
+    ) -> torch.Tensor:
+        return self.propagate_classes(probs, self.gates(image, probs), backend)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,337 @@
+"""Training data: image/mask folders, coarse maps synthesised from ground truth, 128×128 patches.
+
+A data folder holds ``images/`` and ``masks/`` with the same stems (masks are label PNGs:
+0/255 binary or class ids, 255 = ignore) and optionally ``coarse/`` with real coarse maps
+from the user's own segmenter, and ``splits.txt`` (``stem<TAB>train|val``) to fix the split.
+Without ``splits.txt``, a seeded share of *groups* goes to validation, where a stem's group is
+the stem minus a trailing ``_<digits>`` (so frames of one video sequence stay together).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from spnrefine.errors import SpnrefineError
+
+IGNORE = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Sample:
+    """One image with its label map (class indices 0..C-1, IGNORE) and optional real coarse."""
+
+    stem: str
+    image: np.ndarray  # H×W×3 uint8 RGB
+    labels: np.ndarray  # H×W uint8
+    coarse: np.ndarray | None = None  # C×H×W float32 at image size
+    boundary: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+
+
+@dataclass
+class Dataset:
+    """The samples of one folder; every sample shares the folder's class count."""
+
+    root: Path
+    num_classes: int
+    class_values: list[int]  # mask value of each class index
+    train: list[Sample]
+    val: list[Sample]
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+
+def _read(path: Path, mode: str | None = None) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if mode == "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise SpnrefineError("file not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise SpnrefineError(f"unreadable image ({err})", path) from None
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _group(stem: str) -> str:
+    return re.sub(r"_\d+$", "", stem)
+
+
+def boundary_points(labels: np.ndarray, limit: int = 4000, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` (y, x) pixels where two different labels meet (ignore excluded)."""
+    valid = labels != IGNORE
+    edge = np.zeros(labels.shape, bool)
+    dy = (labels[1:] != labels[:-1]) & valid[1:] & valid[:-1]
+    dx = (labels[:, 1:] != labels[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    edge[1:] |= dy
+    edge[:, 1:] |= dx
+    points = np.argwhere(edge).astype(np.int32)
+    if len(points) > limit:
+        points = points[np.random.default_rng(seed).choice(len(points), limit, replace=False)]
+    return points
+
+
+def _split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) -> set[str]:
+    splits = root / "splits.txt"
+    if splits.is_file():
+        val = set()
+        for line in splits.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 2 and parts[1].strip() == "val":
+                val.add(parts[0].strip())
+        return val
+    groups = sorted({_group(s) for s in stems})
+    rng = np.random.default_rng(seed)
+    n_val = int(round(len(groups) * val_fraction))
+    chosen = set(rng.permutation(groups)[:n_val].tolist()) if n_val else set()
+    return {s for s in stems if _group(s) in chosen}
+
+
+def load_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Read a whole data folder into memory and split it into train and validation samples."""
+    root = Path(root)
+    images_dir, masks_dir, coarse_dir = root / "images", root / "masks", root / "coarse"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise SpnrefineError(
+                f"missing folder {folder.name}/ (a data folder needs images/ and masks/)", root
+            )
+    images, masks = _stems(images_dir), _stems(masks_dir)
+    if not images:
+        raise SpnrefineError("no images found", images_dir)
+    missing = sorted(set(images) ^ set(masks))
+    if missing:
+        stem = missing[0]
+        which = "mask" if stem in images else "image"
+        raise SpnrefineError(
+            f"{stem} has no {which} ({len(missing)} unpaired file(s) in all)", root
+        )
+    coarse = _stems(coarse_dir) if coarse_dir.is_dir() else {}
+
+    raw_masks = {}
+    for stem, path in masks.items():
+        mask = _read(path)
+        if mask.ndim != 2:
+            raise SpnrefineError("mask must be a single-channel label PNG", path)
+        raw_masks[stem] = mask
+    values = set().union(*(np.unique(m).tolist() for m in raw_masks.values()))
+    lut = np.full(256, IGNORE, np.uint8)
+    if values <= {0, 255}:  # a 0/255 mask: 255 is the foreground, not ignore
+        class_values = [0, 255]
+    elif values <= {0, 1, IGNORE}:
+        class_values = [0, 1]
+    else:
+        class_values = list(range(max(values - {IGNORE}) + 1))
+    lut[class_values] = np.arange(len(class_values))
+    num_classes = len(class_values)
+
+    val_stems = _split_stems(root, list(images), val_fraction, seed)
+    train, val = [], []
+    for stem, path in images.items():
+        image = _read(path, "RGB")
+        labels = lut[raw_masks[stem]]
+        if image.shape[:2] != labels.shape:
+            raise SpnrefineError(
+                f"image is {image.shape[1]}×{image.shape[0]} but its mask is "
+                f"{labels.shape[1]}×{labels.shape[0]}",
+                masks[stem],
+            )
+        sample = Sample(stem, image, labels, boundary=boundary_points(labels))
+        if stem in coarse:
+            sample.coarse = _load_real_coarse(coarse[stem], labels.shape, num_classes, lut)
+        (val if stem in val_stems else train).append(sample)
+    return Dataset(root, num_classes, class_values, train, val)
+
+
+def _load_real_coarse(path: Path, shape: tuple[int, int], num_classes: int, lut) -> np.ndarray:
+    """A coarse PNG (soft foreground for binary sets, class ids otherwise) at image size."""
+    raw = _read(path)
+    if raw.ndim != 2:
+        raise SpnrefineError("coarse map must be a single-channel PNG", path)
+    h, w = shape
+    if num_classes == 2:
+        scale = 65535.0 if raw.dtype == np.uint16 else 255.0
+        fg = cv2.resize(raw.astype(np.float32) / scale, (w, h), interpolation=cv2.INTER_LINEAR)
+        fg = np.clip(fg, 0, 1)
+        return np.stack([1 - fg, fg])
+    onehot = one_hot(lut[raw], num_classes)
+    return upsample_probs(onehot, (h, w))
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """H×W class indices → C×H×W float32; IGNORE pixels get all zeros."""
+    out = np.zeros((num_classes,) + labels.shape, np.float32)
+    for c in range(num_classes):
+        out[c] = labels == c
+    return out
+
+
+def upsample_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of C×h×w probabilities to ``size`` (H, W), each axis independently."""
+    h, w = size
+    return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+
+
+def downsample_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in probs])
+
+
+def _renormalise(probs: np.ndarray) -> np.ndarray:
+    total = probs.sum(0, keepdims=True)
+    uniform = np.full_like(probs, 1.0 / probs.shape[0])
+    return np.where(total > 1e-6, probs / np.maximum(total, 1e-6), uniform)
+
+
+def perturb_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Random local dilations of one class over its neighbours near boundaries (CascadePSP-like).
+
+    Dilating a class inside a disk erodes whatever bordered it there, so this both grows and
+    shrinks regions, and re-draws contour segments with a different shape.
+    """
+    out = labels.copy()
+    points = boundary_points(labels, limit=200, seed=int(rng.integers(1 << 31)))
+    if len(points) == 0:
+        return out
+    h, w = labels.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(1, 6))):
+        cy, cx = points[rng.integers(len(points))]
+        radius = rng.uniform(4, 24)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        present = np.unique(out[disk])
+        present = present[present != IGNORE]
+        if len(present) == 0:
+            continue
+        c = int(rng.choice(present))
+        k = int(rng.integers(1, 6)) * 2 + 1
+        grown = cv2.dilate((out == c).astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+        out[disk & grown & (out != IGNORE)] = c
+    return out
+
+
+def synthesize_coarse(
+    labels: np.ndarray,
+    num_classes: int,
+    rng: np.random.Generator | None = None,
+    factor: float | None = None,
+) -> np.ndarray:
+    """Coarse C×H×W probabilities from ground truth: perturb, downsample ×factor, upsample.
+
+    With ``rng=None`` the map is deterministic: plain area downsampling by ``factor`` and
+    bilinear upsampling, the protocol used for validation.
+    """
+    h, w = labels.shape
+    if rng is not None:
+        if rng.random() < 0.8:
+            labels = perturb_labels(labels, num_classes, rng)
+        factor = factor or float(np.exp(rng.uniform(np.log(4), np.log(16))))
+    small = (max(2, int(round(h / factor))), max(2, int(round(w / factor))))
+    probs = one_hot(labels, num_classes)
+    coarse = _renormalise(downsample_probs(probs, small))
+    if rng is not None and rng.random() < 0.5:
+        # Segmenters are over- or under-confident; vary the temperature of the map.
+        logits = np.log(np.clip(coarse, 1e-4, 1.0)) * rng.uniform(0.5, 2.0)
+        coarse = np.exp(logits - logits.max(0, keepdims=True))
+        coarse = _renormalise(coarse)
+    return _renormalise(np.clip(upsample_probs(coarse, (h, w)), 0, 1))
+
+
+@dataclass
+class Patch:
+    image: np.ndarray  # 3×T×T float32 in [0, 1]
+    coarse: np.ndarray  # C×T×T float32
+    labels: np.ndarray  # T×T int64 (IGNORE kept)
+
+
+def sample_patch(
+    sample: Sample,
+    num_classes: int,
+    rng: np.random.Generator,
+    tile: int = 128,
+    augment: bool = True,
+    factor: float | None = None,
+) -> Patch | None:
+    """A ``tile``² patch centred near a boundary, or None when it holds fewer than two labels.
+
+    With ``augment``: rotation ±15°, scale ×0.5-1.5, horizontal flip, and a freshly
+    perturbed coarse map. Without: an axis-aligned crop and the ×``factor`` protocol.
+    """
+    h, w = sample.labels.shape
+    if len(sample.boundary):
+        cy, cx = sample.boundary[rng.integers(len(sample.boundary))]
+    else:
+        cy, cx = rng.integers(h), rng.integers(w)
+    angle, scale, flip = 0.0, 1.0, False
+    if augment:
+        angle = rng.uniform(-15, 15)
+        scale = float(np.exp(rng.uniform(np.log(0.5), np.log(1.5))))
+        flip = rng.random() < 0.5
+    jitter = rng.uniform(-0.3, 0.3, size=2) * tile / scale
+    centre = (float(cx + jitter[0]), float(cy + jitter[1]))
+    matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+    matrix[:, 2] += np.array([tile / 2, tile / 2]) - np.array(centre)
+    warp = {"dsize": (tile, tile), "borderMode": cv2.BORDER_REFLECT_101}
+    image = cv2.warpAffine(sample.image, matrix, flags=cv2.INTER_LINEAR, **warp)
+    labels = cv2.warpAffine(sample.labels, matrix, flags=cv2.INTER_NEAREST, **warp)
+    present = np.unique(labels)
+    if len(present[present != IGNORE]) < 2:
+        return None
+    if sample.coarse is not None:
+        coarse = np.stack(
+            [cv2.warpAffine(c, matrix, flags=cv2.INTER_LINEAR, **warp) for c in sample.coarse]
+        )
+        coarse = _renormalise(np.clip(coarse, 0, 1))
+    else:
+        coarse = synthesize_coarse(labels, num_classes, rng if augment else None, factor)
+    if flip:
+        image, labels, coarse = image[:, ::-1], labels[:, ::-1], coarse[:, :, ::-1]
+    return Patch(
+        image=np.ascontiguousarray(image.transpose(2, 0, 1), np.float32) / 255.0,
+        coarse=np.ascontiguousarray(coarse, np.float32),
+        labels=np.ascontiguousarray(labels).astype(np.int64),
+    )
+
+
+def sample_batch(
+    dataset: Dataset,
+    rng: np.random.Generator,
+    batch_size: int,
+    tile: int = 128,
+    split: str = "train",
+    augment: bool = True,
+    factor: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Stack ``batch_size`` boundary patches from one dataset's split."""
+    samples = dataset.train if split == "train" else dataset.val
+    if not samples:
+        raise SpnrefineError(f"no {split} samples", dataset.root)
+    patches: list[Patch] = []
+    tries = 0
+    while len(patches) < batch_size:
+        tries += 1
+        patch = sample_patch(
+            samples[rng.integers(len(samples))], dataset.num_classes, rng, tile, augment, factor
+        )
+        if patch is not None:
+            patches.append(patch)
+        elif tries > 50 * batch_size:
+            raise SpnrefineError("could not find patches where two labels meet", dataset.root)
+    return {
+        "image": np.stack([p.image for p in patches]),
+        "coarse": np.stack([p.coarse for p in patches]),
+        "labels": np.stack([p.labels for p in patches]),
+    }

@@ -1,0 +1,228 @@
+"""The training loop: seeded patch batches, AdamW with cosine decay, validation, checkpoints, resume.
+
+Each step's batch depends only on (seed, step), so a resumed run sees exactly the batches the
+uninterrupted run would have seen, and the optimizer state is restored from safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from spnrefine.checkpoint import CONFIG_FILE, load_model, save_model
+from spnrefine.errors import SpnrefineError
+from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.train.data import IGNORE, Dataset, load_dataset, sample_batch
+from spnrefine.train.validate import PatchScores
+
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str
+    steps: int = 3000
+    val_every: int = 250
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    seed: int = 0
+    val_fraction: float = 0.2
+    val_patches: int = 64
+    val_factor: float = 8.0
+    init: str | None = None  # fine-tune: start from these weights
+    device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to zero at ``config.steps``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def refinement_loss(logits: torch.Tensor, labels: torch.Tensor, coarse: torch.Tensor):
+    """Cross-entropy, weighted up where the coarse map is unsure (that is where the work is)."""
+    top = coarse.topk(2, dim=1).values
+    weight = 1 + 3 * (1 - (top[:, 0] - top[:, 1]))
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    valid = (labels != IGNORE).float()
+    return (per_pixel * weight * valid).sum() / (weight * valid).sum().clamp_min(1)
+
+
+def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
+def _save_state(out: Path, optimizer: torch.optim.Optimizer, step: int, history: list, cfg):
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(out / STATE_TENSORS))
+    meta = {
+        "step": step,
+        "param_groups": state["param_groups"],
+        "history": history,
+        "config": cfg.to_dict(),
+    }
+    (out / STATE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _load_state(out: Path, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+    meta = json.loads((out / STATE_JSON).read_text())
+    tensors = load_file(str(out / STATE_TENSORS))
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    return meta["step"], meta["history"]
+
+
+def validation_sets(datasets: list[Dataset], config: TrainConfig) -> list[dict[str, np.ndarray]]:
+    """Fixed validation patches per dataset: ×``val_factor`` coarse maps, no augmentation."""
+    sets = []
+    for i, dataset in enumerate(datasets):
+        rng = np.random.default_rng([config.seed, 7919, i])
+        sets.append(
+            sample_batch(
+                dataset, rng, config.val_patches, config.model.tile, "val", False, config.val_factor
+            )
+        )
+    return sets
+
+
+@torch.no_grad()
+def evaluate(model: SPNRefiner, datasets, val_sets, device, batch_size: int = 16) -> list[dict]:
+    model.eval()
+    results = []
+    for dataset, batch in zip(datasets, val_sets, strict=True):
+        refined, coarse = PatchScores(dataset.num_classes), PatchScores(dataset.num_classes)
+        for start in range(0, len(batch["image"]), batch_size):
+            part = {k: v[start : start + batch_size] for k, v in batch.items()}
+            t = _to_torch(part, device)
+            logits = model(t["image"], t["coarse"])
+            refined.update(logits.argmax(1).cpu().numpy(), part["labels"])
+            coarse.update(part["coarse"].argmax(1), part["labels"])
+        results.append(
+            {"data": str(dataset.root), "refined": refined.summary(), "coarse": coarse.summary()}
+        )
+    model.train()
+    return results
+
+
+def _score(results: list[dict]) -> float:
+    return float(np.mean([r["refined"]["score"] for r in results]))
+
+
+def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> Path:
+    """Train (or fine-tune, or resume) a refiner; returns the output folder."""
+    console = console or Console(stderr=True)
+    out = Path(config.out)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    datasets = [load_dataset(d, config.val_fraction, config.seed) for d in config.data]
+    for d in datasets:
+        if not d.val:
+            raise SpnrefineError(
+                "validation split is empty; add data or raise --val-fraction", d.root
+            )
+        console.log(
+            f"{d.root}: {len(d.train)} train / {len(d.val)} val images, {d.num_classes} classes"
+        )
+    val_sets = validation_sets(datasets, config)
+
+    step, history = 0, []
+    if resume:
+        if not (out / STATE_JSON).is_file():
+            raise SpnrefineError("nothing to resume (no train_state.json)", out)
+        model = load_model(out).train()
+        config.model = model.config
+    elif config.init:
+        model = load_model(config.init).train()
+        config.model = model.config
+    else:
+        model = SPNRefiner(config.model)
+    model.to(device)
+    model.config.extra = {"data": [str(d.root) for d in datasets]}
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    if resume:
+        step, history = _load_state(out, optimizer)
+        console.log(f"resuming at step {step} of {config.steps}")
+    out.mkdir(parents=True, exist_ok=True)
+    best = max((_score(h["val"]) for h in history), default=-math.inf)
+
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+    ]
+    running = None
+    started = time.time()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("training", total=config.steps, completed=step, loss=0.0)
+        while step < config.steps:
+            rng = np.random.default_rng([config.seed, step])
+            dataset = datasets[int(rng.integers(len(datasets)))]
+            batch = _to_torch(
+                sample_batch(dataset, rng, config.batch_size, config.model.tile), device
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            logits = model(batch["image"], batch["coarse"])
+            loss = refinement_loss(logits, batch["labels"], batch["coarse"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            value = loss.item()
+            running = value if running is None else 0.98 * running + 0.02 * value
+            progress.update(task, advance=1, loss=running)
+            if step % config.val_every == 0 or step == config.steps:
+                results = evaluate(model, datasets, val_sets, device)
+                history.append(
+                    {"step": step, "loss": running, "time": time.time() - started, "val": results}
+                )
+                save_model(model, out)
+                _save_state(out, optimizer, step, history, config)
+                if _score(results) > best:
+                    best = _score(results)
+                    save_model(model, out / "best")
+                for r in results:
+                    console.log(f"step {step} {Path(r['data']).name}: {_describe(r)}")
+    (out / "best" / CONFIG_FILE).exists() or save_model(model, out / "best")
+    return out
+
+
+def _describe(result: dict) -> str:
+    parts = []
+    for key in ("iou", "miou", "boundary_f"):
+        if key in result["refined"]:
+            parts.append(f"{key} {result['coarse'][key]:.4f}→{result['refined'][key]:.4f}")
+    return ", ".join(parts)
