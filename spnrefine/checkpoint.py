@@ -1,4 +1,4 @@
-"""A model on disk: ``model.safetensors`` + ``config.json`` side by side, checksummed, no pickles."""
+"""A model on disk: ``model.safetensors`` + ``config.json`` side by side, checksummed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loop: seeded patch batches, AdamW with cosine decay, validation, checkpoints, resume.
+"""The training loop: seeded patch batches, AdamW, validation, checkpoints, resume.
 
 Each step's batch depends only on (seed, step), so a resumed run sees exactly the batches the
 uninterrupted run would have seen, and the optimizer state is restored from safetensors.

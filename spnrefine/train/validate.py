@@ -9,7 +9,7 @@ from spnrefine.train.data import IGNORE
 
 
 class PatchScores:
-    """Accumulates predicted vs true label patches of one dataset (binary: class 1 is foreground)."""
+    """Predicted vs true label patches of one dataset (binary: class 1 is the foreground)."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
