@@ -1,0 +1,331 @@
+"""Coarse maps: every accepted format decoded and checked, then turned into float32
+probabilities C×h×w that sum to 1 over C.
+
+Formats (the full rules, with the reasons, are in docs/coarse-formats.md):
+
+- palette PNG (mode P): class ids; the palette is kept for the output.
+- 8-bit single-channel image: `coarse_type="auto"` decides, in this order:
+  1. only values {0, 255} or only {0, 1}: a binary mask ("binary");
+  2. at most 64 distinct values besides 255 and almost no ramps (fewer than 20% of the pixels
+     on an edge sit strictly between their two opposite neighbours): class ids, 255 = void
+     ("labels");
+  3. anything else: soft foreground probability value / 255 ("prob").
+  `coarse_type="labels"` or `"prob"` skips the guess.
+- 16-bit single-channel image: foreground probability value / 65535 (class ids with
+  `coarse_type="labels"`); 32-bit float image: foreground probability as is.
+- `.npy` / `.npz` float arrays: H×W foreground probability, or C×H×W / H×W×C class
+  probabilities (logits with `logits=True`; softmax over C, sigmoid for H×W). The channel axis
+  is the first or the last one, never the middle one: the one whose removal leaves the image's
+  aspect ratio when that picks exactly one, else the smaller one (the first one on a tie).
+  Integer arrays are class ids, bool arrays binary masks.
+
+Label 255 is void: it gets no channel, its pixels get uniform probabilities and are
+recorded in `ignore`. Single-class maps get two channels, [background, foreground].
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from spnrefine.errors import SpnrefineError
+from spnrefine.io.images import (
+    DEFAULT_MAX_PIXELS,
+    Source,
+    check_pixel_count,
+    decode_pil,
+    read_source,
+)
+from spnrefine.upsample import same_aspect
+
+CoarseType = Literal["auto", "labels", "prob"]
+
+VOID = 255
+MAX_CHANNELS = 1024
+# The auto rule for 8-bit maps. Measured on the shared data: CamVid label maps have 4-12
+# values and a ramp fraction of 0-0.02 (0.09 after a nearest-neighbour shrink to 60x45); the
+# ISNet and MediaPipe soft maps have 55-256 values and a ramp fraction of 0.28-0.72.
+AUTO_MAX_LABELS = 64
+AUTO_MAX_RAMP_FRACTION = 0.2
+# Float error in a segmenter's softmax or a round trip through float16 stays well inside this.
+PROB_TOLERANCE = 1e-3
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPZ_KEYS = ("probs", "logits", "arr_0")
+
+
+@dataclass
+class CoarseMap:
+    """A decoded coarse map.
+
+    probs: float32 C×h×w, C ≥ 2, each pixel summing to 1 over C.
+    labels: the label id each channel stands for (what an argmax writes out).
+    kind: "labels" (class ids), "binary" (0/255 or 0/1 mask) or "prob" (soft probabilities).
+    palette: the PNG palette (PIL's flat list), kept for writing the output; else None.
+    ignore: bool h×w, True where the map holds void (255); None when there is none.
+    source: the name the map was loaded from, for messages.
+    """
+
+    probs: np.ndarray
+    labels: list[int]
+    kind: Literal["labels", "binary", "prob"]
+    palette: list[int] | None
+    ignore: np.ndarray | None
+    source: str
+
+
+def load_coarse(
+    source: Source,
+    *,
+    coarse_type: CoarseType = "auto",
+    logits: bool = False,
+    name: str | None = None,
+    image_hw: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> CoarseMap:
+    """Load a coarse map from a path or raw bytes (then errors name it `name` or "<stdin>").
+
+    `image_hw` only helps pick the channel axis of a 3-D array; sizes are checked later by
+    `spnrefine.upsample.check_coarse_size`.
+    """
+    if coarse_type not in ("auto", "labels", "prob"):
+        raise ValueError(f"coarse_type must be 'auto', 'labels' or 'prob', not {coarse_type!r}")
+    data, shown = read_source(source, name)
+    if data.startswith(_NPY_MAGIC) or data.startswith(_ZIP_MAGICS):
+        array, named_logits = _load_array(data, shown)
+        return _from_array(array, shown, coarse_type, logits or named_logits, image_hw, max_pixels)
+    if logits:
+        raise SpnrefineError("--logits applies to .npy/.npz arrays, not to images", shown)
+    return _from_image(decode_pil(data, shown, max_pixels), shown, coarse_type)
+
+
+def _load_array(data: bytes, name: str) -> tuple[np.ndarray, bool]:
+    """Read a .npy, or the chosen array of a .npz; the flag is True for an array named
+    "logits"."""
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded, False
+        with loaded:
+            keys = list(loaded.files)
+            if not keys:
+                raise SpnrefineError(".npz file holds no arrays", name)
+            key = next((k for k in _NPZ_KEYS if k in keys), keys[0])
+            return loaded[key], key == "logits"
+    except SpnrefineError:
+        raise
+    except ValueError as e:
+        # np.load blames allow_pickle for object arrays, which means nothing to a user.
+        problem = "it holds Python objects, not numbers" if "pickle" in str(e) else str(e)
+        raise SpnrefineError(f"cannot read the array: {problem}", name) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise SpnrefineError(f"corrupt or truncated array file ({e})", name) from None
+
+
+def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMap:
+    if im.mode == "P":
+        if coarse_type == "prob":
+            raise SpnrefineError("a palette PNG holds class ids, not probabilities", name)
+        return _label_map(np.asarray(im), name, "labels", im.getpalette())
+    if im.mode in ("1", "L"):
+        return _from_integers(np.asarray(im.convert("L")), name, coarse_type)
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        # PNG has no 32-bit grayscale: an "I" PNG is 16-bit data in a wider container.
+        return _from_integers(np.asarray(im).astype(np.uint16), name, coarse_type)
+    if im.mode == "I":
+        return _from_integers(np.asarray(im), name, coarse_type)
+    if im.mode == "F":
+        # decode_pil has checked the pixel count already.
+        return _from_array(np.asarray(im), name, coarse_type, False, None, im.width * im.height)
+    raise SpnrefineError(
+        f"unsupported image mode {im.mode}: a coarse map must be single-channel (class ids or "
+        "probabilities) or a palette PNG; convert colour-coded RGB masks to one of those",
+        name,
+    )
+
+
+def _from_integers(values: np.ndarray, name: str, coarse_type: CoarseType) -> CoarseMap:
+    """An H×W integer map: 8-bit by the auto rule, 16-bit as probability, wider as class ids."""
+    if values.dtype == np.uint8:
+        kind = _guess_kind(values) if coarse_type == "auto" else coarse_type
+        if kind == "prob":
+            return _foreground(values.astype(np.float32) / 255.0, name, [0, 255])
+        return _label_map(values, name, kind, None)
+    if values.dtype == np.uint16 and coarse_type != "labels":
+        return _foreground(values.astype(np.float32) / 65535.0, name, [0, 255])
+    if coarse_type == "prob":
+        raise SpnrefineError(
+            f"{values.dtype} values are class ids; probabilities must be 8-bit, 16-bit or float",
+            name,
+        )
+    return _label_map(values, name, "labels", None)
+
+
+def _guess_kind(values: np.ndarray) -> Literal["labels", "binary", "prob"]:
+    present = np.unique(values)
+    if set(present.tolist()) <= {0, VOID} or set(present.tolist()) <= {0, 1}:
+        return "binary"
+    n_labels = int(np.count_nonzero(present != VOID))
+    if n_labels <= AUTO_MAX_LABELS and _ramp_fraction(values) < AUTO_MAX_RAMP_FRACTION:
+        return "labels"
+    return "prob"
+
+
+def _ramp_fraction(values: np.ndarray) -> float:
+    """Among pixels that differ from a 4-neighbour, the share lying strictly between their two
+    opposite neighbours: high for soft maps (edges are ramps), near 0 for class ids (edges are
+    steps)."""
+    v = values.astype(np.int32)
+    c, left, right = v[1:-1, 1:-1], v[1:-1, :-2], v[1:-1, 2:]
+    up, down = v[:-2, 1:-1], v[2:, 1:-1]
+
+    def between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ((a < c) & (c < b)) | ((a > c) & (c > b))
+
+    ramp = between(left, right) | between(up, down)
+    edge = (c != left) | (c != right) | (c != up) | (c != down)
+    n_edge = int(np.count_nonzero(edge))
+    return int(np.count_nonzero(ramp)) / n_edge if n_edge else 0.0
+
+
+def _label_map(ids: np.ndarray, name: str, kind: str, palette: list[int] | None) -> CoarseMap:
+    """One-hot probabilities for class ids (kind "labels", 255 = void) or a binary mask."""
+    present = np.unique(ids)
+    if kind == "binary":
+        fg = 1 if set(present.tolist()) <= {0, 1} and 1 in present else VOID
+        return _foreground((ids == fg).astype(np.float32), name, [0, fg], kind="binary")
+    if present[0] < 0:
+        raise SpnrefineError(f"negative class id {int(present[0])}", name)
+    ignore = ids == VOID
+    classes = [int(k) for k in present if k != VOID]
+    if not classes:
+        raise SpnrefineError("every pixel is 255 (void): nothing to refine", name)
+    if len(classes) > MAX_CHANNELS:
+        raise SpnrefineError(
+            f"{len(classes)} different class ids; at most {MAX_CHANNELS} are supported", name
+        )
+    if len(classes) == 1:
+        # Downstream always gets a choice of at least two channels; the extra one is empty.
+        classes = sorted({classes[0], 1 if classes[0] == 0 else 0})
+    probs = np.stack([ids == k for k in classes]).astype(np.float32)
+    has_void = bool(ignore.any())
+    if has_void:
+        probs[:, ignore] = 1.0 / len(classes)
+    return CoarseMap(probs, classes, "labels", palette, ignore if has_void else None, name)
+
+
+def _foreground(fg: np.ndarray, name: str, labels: list[int], kind: str = "prob") -> CoarseMap:
+    probs = np.stack([1.0 - fg, fg]).astype(np.float32)
+    return CoarseMap(probs, labels, kind, None, None, name)
+
+
+def _from_array(
+    array: np.ndarray,
+    name: str,
+    coarse_type: CoarseType,
+    logits: bool,
+    image_hw: tuple[int, int] | None,
+    max_pixels: int,
+) -> CoarseMap:
+    if array.size == 0:
+        raise SpnrefineError(f"empty array (shape {array.shape})", name)
+    if array.ndim not in (2, 3):
+        raise SpnrefineError(
+            f"array has {array.ndim} dimensions (shape {array.shape}); expected H×W, "
+            "C×H×W or H×W×C",
+            name,
+        )
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        if array.ndim != 2 or logits:
+            raise SpnrefineError(
+                f"integer array of shape {array.shape}: integers are read as an H×W map of "
+                "class ids or 8/16-bit probabilities; logits and C×H×W arrays must be floats",
+                name,
+            )
+        check_pixel_count(array.shape[1], array.shape[0], name, max_pixels)
+        # A big-endian uint16 from another machine must still count as 16-bit.
+        array = array.astype(array.dtype.newbyteorder("="), copy=False)
+        if array.dtype == np.bool_:
+            return _label_map(array, name, "binary", None)
+        return _from_integers(array, name, coarse_type)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise SpnrefineError(f"array of {array.dtype} values; expected floats", name)
+    if coarse_type == "labels":
+        raise SpnrefineError("float array: class ids must be an integer array", name)
+
+    values = array.astype(np.float32)
+    if array.ndim == 3:
+        values = np.moveaxis(values, _channel_axis(values.shape, name, image_hw), 0)
+        if values.shape[0] == 1:
+            values = values[0]
+    check_pixel_count(values.shape[-1], values.shape[-2], name, max_pixels)
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise SpnrefineError(
+            f"{int(np.count_nonzero(~finite))} NaN or infinite values (the first at index "
+            f"{tuple(int(i) for i in bad)})",
+            name,
+        )
+    if values.ndim == 2:
+        fg = _sigmoid(values) if logits else _check_probs(values, name)
+        return _foreground(fg, name, [0, 1])
+    probs = _softmax(values) if logits else _normalise(_check_probs(values, name))
+    return CoarseMap(probs, list(range(probs.shape[0])), "prob", None, None, name)
+
+
+def _channel_axis(shape: tuple[int, ...], name: str, image_hw: tuple[int, int] | None) -> int:
+    candidates = [axis for axis in (0, 2) if shape[axis] <= MAX_CHANNELS]
+    if not candidates:
+        raise SpnrefineError(
+            f"array of shape {shape}: neither the first nor the last axis is a channel axis "
+            f"(at most {MAX_CHANNELS} channels)",
+            name,
+        )
+    if image_hw is not None and len(candidates) == 2:
+        fitting = [a for a in candidates if same_aspect(_spatial(shape, a), image_hw)]
+        if len(fitting) == 1:
+            return fitting[0]
+    return min(candidates, key=lambda a: (shape[a], a))
+
+
+def _spatial(shape: tuple[int, ...], channel_axis: int) -> tuple[int, int]:
+    h, w = (s for i, s in enumerate(shape) if i != channel_axis)
+    return h, w
+
+
+def _check_probs(values: np.ndarray, name: str) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if lo < -PROB_TOLERANCE:
+        raise SpnrefineError(
+            f"negative probabilities (minimum {lo:g}); pass --logits if these are logits", name
+        )
+    if hi > 1 + PROB_TOLERANCE:
+        raise SpnrefineError(
+            f"probabilities above 1 (maximum {hi:g}); pass --logits if these are logits", name
+        )
+    return np.clip(values, 0.0, 1.0)
+
+
+def _normalise(probs: np.ndarray) -> np.ndarray:
+    """Scale each pixel's probabilities to sum to 1; an all-zero pixel becomes uniform."""
+    total = probs.sum(axis=0, keepdims=True)
+    out = np.divide(probs, total, out=np.empty_like(probs), where=total > 0)
+    out[:, total[0] == 0] = 1.0 / probs.shape[0]
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # The tanh form does not overflow for large negative logits, unlike 1 / (1 + exp(-x)).
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)

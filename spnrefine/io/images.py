@@ -1,0 +1,135 @@
+"""Reading input files: bytes from a path or stdin, safe PIL decoding, and images as RGB uint8."""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from spnrefine.errors import SpnrefineError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+STDIN_NAME = "<stdin>"
+_NOT_AN_IMAGE = "not an image, or an image format that is not supported"
+
+Source = str | Path | bytes
+
+# PIL's own bomb guard is a process-wide setting; ours replaces it while a file is opened,
+# so the lock keeps two of our threads from restoring each other's value.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def read_source(source: Source, name: str | None = None) -> tuple[bytes, str]:
+    """Return the bytes of `source` (a path, or bytes already read from stdin) and the name
+    to report in errors."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, shown = bytes(source), name or STDIN_NAME
+    else:
+        shown = name or str(source)
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise SpnrefineError("file not found", shown) from None
+        except IsADirectoryError:
+            raise SpnrefineError("is a folder, not a file", shown) from None
+        except PermissionError:
+            raise SpnrefineError("cannot read the file: permission denied", shown) from None
+        except OSError as e:
+            raise SpnrefineError(f"cannot read the file: {e.strerror or e}", shown) from None
+    if not data:
+        raise SpnrefineError("empty file", shown)
+    return data, shown
+
+
+def decode_pil(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` fully with PIL after checking its header size against `max_pixels`.
+
+    The whole image is decoded here so that a truncated or corrupt file fails now, with the
+    file's name, rather than later inside some array operation.
+    """
+    problem = None
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(io.BytesIO(data))
+            check_pixel_count(im.width, im.height, name, max_pixels)
+            im.load()
+        except UnidentifiedImageError:
+            problem = _NOT_AN_IMAGE
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            problem = f"corrupt or truncated image ({e})"
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_limit
+    # PIL reports some damage only as warnings: a short TIFF strip is padded with zeros, and a
+    # TIFF cut before its tags warns and then counts as unidentified.
+    truncation = [w for w in caught if "truncat" in str(w.message).lower()]
+    if problem == _NOT_AN_IMAGE and caught:
+        problem = f"corrupt or truncated image ({caught[0].message})"
+    elif problem is None and truncation:
+        problem = f"corrupt or truncated image ({truncation[0].message})"
+    if problem is not None:
+        raise SpnrefineError(problem, name)
+    for w in caught:
+        warnings.warn(w.message, stacklevel=2)
+    return im
+
+
+def check_pixel_count(width: int, height: int, name: str, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels`, the guard against decompression bombs."""
+    if width * height > max_pixels:
+        raise SpnrefineError(
+            f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{max_pixels:,}; --max-pixels raises the limit",
+            name,
+        )
+
+
+def load_image(
+    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Load an image as an H×W×3 uint8 RGB array, upright according to its EXIF orientation.
+
+    `source` is a path or the raw bytes of a file (then errors name it `name` or "<stdin>").
+    Alpha is dropped, not composited: the segmenter that made the coarse map saw the colours
+    under transparent pixels too. Grayscale and palette images become RGB; 16-bit and float
+    images are scaled to 8 bits (see `_to_8bit`).
+    """
+    data, shown = read_source(source, name)
+    im = decode_pil(data, shown, max_pixels)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError):
+        # A damaged EXIF block should not cost the user an image whose pixels decode fine.
+        pass
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _to_8bit(np.asarray(im))
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if im.mode == "P" and "transparency" in im.info:
+        # Converting straight to RGB makes PIL warn about the transparency it is dropping.
+        im = im.convert("RGBA")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """Scale a single-channel 16-bit, 32-bit or float image to uint8.
+
+    Integers within 0..65535 are 16-bit data (v / 257); floats within 0..1 are v × 255; any
+    other range is stretched from its minimum to its maximum.
+    """
+    v = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(v.min()), float(v.max())
+    if np.issubdtype(values.dtype, np.integer) and lo >= 0 and hi <= 65535:
+        scaled = v / 257.0
+    elif np.issubdtype(values.dtype, np.floating) and lo >= 0 and hi <= 1:
+        scaled = v * 255.0
+    else:
+        scaled = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,133 @@
+"""Tiled refinement of a full-resolution probability map: overlapping tiles, skips, blending.
+
+Tiles the coarse map is already sure about (one class at or above ``confident`` everywhere in
+the tile) are not sent through the model; their coarse probabilities are blended in as they
+are. In the other tiles only the classes that reach ``1 - confident`` somewhere are refined,
+so a tile of a 150-class map costs what its few present classes cost.
+Tiles go through the model in batches and are accumulated straight into the output, so memory
+holds the output, the input and one batch of gates, whatever the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spnrefine.model import SPNRefiner
+
+
+@dataclass
+class TileStats:
+    total: int = 0
+    refined: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.total - self.refined
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering ``length`` with ``tile``-long windows overlapping by ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """tile×tile weights ramping up over ``overlap`` pixels from each edge, so seams fade."""
+    d = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float32)
+    ramp = np.clip((d + 1) / (overlap + 1), 1.0 / (overlap + 1), 1.0) if overlap else np.ones(tile)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def _pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad the last two axes up to at least height×width."""
+    ph, pw = max(0, height - array.shape[-2]), max(0, width - array.shape[-1])
+    if not (ph or pw):
+        return array
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, ph), (0, pw)]
+    mode = "reflect" if min(array.shape[-2:]) > 1 else "edge"
+    if ph >= array.shape[-2] or pw >= array.shape[-1]:
+        mode = "edge"
+    return np.pad(array, pad, mode=mode)
+
+
+def _tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
+    for y in tile_starts(h, tile, overlap):
+        for x in tile_starts(w, tile, overlap):
+            yield y, x
+
+
+@torch.no_grad()
+def refine_tiled(
+    model: SPNRefiner,
+    image: np.ndarray,
+    probs: np.ndarray,
+    tile: int = 128,
+    overlap: int = 32,
+    batch_size: int = 16,
+    confident: float = 0.98,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+    stats: TileStats | None = None,
+) -> np.ndarray:
+    """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32."""
+    if tile % 8 or tile < 16:
+        raise ValueError(f"tile size must be a multiple of 8 and at least 16, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap}")
+    c, h, w = probs.shape
+    stats = stats if stats is not None else TileStats()
+    # Images smaller than a tile are padded up to one (and cropped back at the end).
+    ph, pw = max(h, tile), max(w, tile)
+    image_chw = _pad_to(np.ascontiguousarray(image.transpose(2, 0, 1)), ph, pw)
+    probs = _pad_to(probs.astype(np.float32, copy=False), ph, pw)
+    window = blend_window(tile, overlap)
+    out = np.zeros((c, ph, pw), np.float32)
+    weight = np.zeros((ph, pw), np.float32)
+    model = model.to(device).eval()
+
+    pending: list[tuple[int, int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        k = max(len(classes) for _, _, classes in pending)
+        img = np.stack([image_chw[:, y : y + tile, x : x + tile] for y, x, _ in pending])
+        sub = np.zeros((len(pending), k, tile, tile), np.float32)
+        mask = np.zeros((len(pending), k), bool)
+        for i, (y, x, classes) in enumerate(pending):
+            sub[i, : len(classes)] = probs[classes, y : y + tile, x : x + tile]
+            mask[i, : len(classes)] = True
+        img_t = torch.from_numpy(img).to(device).float().div_(255.0)
+        sub_t = torch.from_numpy(sub).to(device)
+        logits = model(img_t, sub_t, backend=backend)
+        logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
+        refined = torch.softmax(logits, 1).cpu().numpy()
+        for i, (y, x, classes) in enumerate(pending):
+            out[classes, y : y + tile, x : x + tile] += refined[i, : len(classes)] * window
+            weight[y : y + tile, x : x + tile] += window
+        stats.refined += len(pending)
+        pending.clear()
+
+    for y, x in _tiles(ph, pw, tile, overlap):
+        stats.total += 1
+        part = probs[:, y : y + tile, x : x + tile]
+        present = np.flatnonzero(part.max(axis=(1, 2)) > 1 - confident)
+        if len(present) < 2 or part.min(axis=(1, 2)).max() >= confident:
+            out[:, y : y + tile, x : x + tile] += part * window
+            weight[y : y + tile, x : x + tile] += window
+            continue
+        pending.append((y, x, present))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    out /= np.maximum(weight, 1e-8)
+    return out[:, :h, :w]
