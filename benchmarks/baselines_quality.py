@@ -1,0 +1,233 @@
+"""Score the baseline refiners (bilinear, guided filter, dense CRF) on shared/data coarse maps.
+
+Run from the repository root: PYTHONPATH=. python benchmarks/baselines_quality.py [--limit N]
+[--grid] [--no-crf] (PYTHONPATH is not needed once spnrefine is pip-installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from spnrefine.baselines import refine_bilinear, refine_crf, refine_guided
+from spnrefine.baselines.guided import DEFAULT_EPS, DEFAULT_RADIUS
+from spnrefine.metrics import (
+    ConfusionMatrix,
+    IoUAccumulator,
+    boundary_f,
+    mba,
+    mean_boundary_f,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SETS = ("davis", "horses", "camvid", "davis-coarse")
+CAMVID_CLASSES = 11
+FACTOR = 8
+GRID_RADII = (1, 2, 4, 8, 16)
+GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+Refiner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # H×W×3 uint8 RGB
+    probs: np.ndarray  # C×H×W float32 coarse probabilities at image size
+    gt: np.ndarray  # H×W labels (0/1 for binary sets, 255 = ignore)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def read_gray(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def pick(items: list, limit: int | None) -> list:
+    """`limit` items spread evenly over the sorted list, so every sequence is represented."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def coarse_from_onehot(onehot: np.ndarray) -> np.ndarray:
+    """C×H×W one-hot → area-downsample ×FACTOR → bilinear back up → renormalised C×H×W."""
+    c, h, w = onehot.shape
+    small_size = (max(1, round(w / FACTOR)), max(1, round(h / FACTOR)))
+    hwc = np.ascontiguousarray(onehot.transpose(1, 2, 0))
+    small = cv2.resize(hwc, small_size, interpolation=cv2.INTER_AREA).reshape(*small_size[::-1], c)
+    up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    probs = np.ascontiguousarray(up.transpose(2, 0, 1))
+    # Void pixels are all-zero one-hots: renormalise, and call an all-void area uniform.
+    total = probs.sum(0, keepdims=True)
+    return np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 1.0 / c).astype(np.float32)
+
+
+def binary_samples(folder: str, limit: int | None) -> Iterator[Sample]:
+    root = DATA / folder
+    for mask_path in pick(sorted((root / "masks").glob("*.png")), limit):
+        gt = (read_gray(mask_path) > 127).astype(np.uint8)
+        onehot = np.stack([1 - gt, gt]).astype(np.float32)
+        image = read_rgb(root / "images" / f"{mask_path.stem}.jpg")
+        yield Sample(image, coarse_from_onehot(onehot), gt)
+
+
+def camvid_samples(limit: int | None) -> Iterator[Sample]:
+    root = DATA / "camvid"
+    lines = (root / "splits.txt").read_text().split("\n")
+    names = sorted(n for n, _, split in (ln.partition("\t") for ln in lines) if split == "val")
+    for name in pick(names, limit):
+        gt = read_gray(root / "masks" / f"{name}.png")
+        onehot = (gt[None] == np.arange(CAMVID_CLASSES)[:, None, None]).astype(np.float32)
+        yield Sample(read_rgb(root / "images" / f"{name}.jpg"), coarse_from_onehot(onehot), gt)
+
+
+def davis_coarse_samples(limit: int | None) -> Iterator[Sample]:
+    davis = DATA / "davis"
+    for coarse_path in pick(sorted((DATA / "davis-coarse").glob("*.png")), limit):
+        image = read_rgb(davis / "images" / f"{coarse_path.stem}.jpg")
+        gt = (read_gray(davis / "masks" / coarse_path.name) > 127).astype(np.uint8)
+        h, w = gt.shape
+        # The maps come from a stretched square frame: resize each axis to the image's.
+        fg = cv2.resize(read_gray(coarse_path).astype(np.float32) / 255, (w, h), cv2.INTER_LINEAR)
+        yield Sample(image, np.stack([1 - fg, fg]).astype(np.float32), gt)
+
+
+def samples(name: str, limit: int | None) -> Iterator[Sample]:
+    if name == "camvid":
+        return camvid_samples(limit)
+    if name == "davis-coarse":
+        return davis_coarse_samples(limit)
+    return binary_samples(name, limit)
+
+
+@dataclass
+class Scores:
+    """What one method scored on one set."""
+
+    multiclass: bool
+    iou: IoUAccumulator = field(default_factory=IoUAccumulator)
+    confusion: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(CAMVID_CLASSES))
+    boundary: list[float] = field(default_factory=list)
+    mba: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        if self.multiclass:
+            self.confusion.update(pred, gt)
+            self.boundary.append(mean_boundary_f(pred, gt))
+        else:
+            self.iou.update(pred, gt)
+            self.boundary.append(boundary_f(pred, gt))
+            self.mba.append(mba(pred, gt))
+
+    def row(self) -> dict[str, float]:
+        """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
+        return {
+            "IoU": self.confusion.miou() if self.multiclass else self.iou.dataset_iou,
+            "mIoU/img": math.nan if self.multiclass else self.iou.mean_iou,
+            "F@2px": float(np.nanmean(self.boundary)),
+            "mBA": float(np.mean(self.mba)) if self.mba else math.nan,
+            "ms/img": 1000 * float(np.mean(self.seconds)),
+        }
+
+    def quality(self) -> float:
+        """Selection score for the grid: mean of the quality columns this set has."""
+        row = self.row()
+        return float(np.nanmean([row["IoU"], row["F@2px"], row["mBA"]]))
+
+
+def evaluate(set_name: str, methods: dict[str, Refiner], limit: int | None) -> dict[str, Scores]:
+    multiclass = set_name == "camvid"
+    scores = {name: Scores(multiclass) for name in methods}
+    count = 0
+    for sample in samples(set_name, limit):
+        for name, refine in methods.items():
+            start = time.perf_counter()
+            out = refine(sample.image, sample.probs)
+            scores[name].seconds.append(time.perf_counter() - start)
+            pred = out.argmax(0).astype(np.uint8)
+            scores[name].update(pred, sample.gt)
+        count += 1
+        print(f"\r{set_name}: {count}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return scores
+
+
+def default_methods(radius: int, eps: float, with_crf: bool) -> dict[str, Refiner]:
+    methods: dict[str, Refiner] = {
+        "bilinear": refine_bilinear,
+        "guided": partial(refine_guided, radius=radius, eps=eps),
+        "guided-gray": partial(refine_guided, radius=radius, eps=eps, gray=True),
+    }
+    if with_crf:
+        methods["crf"] = refine_crf
+    return methods
+
+
+def grid_methods() -> dict[str, Refiner]:
+    methods: dict[str, Refiner] = {"bilinear": refine_bilinear}
+    for radius, eps in itertools.product(GRID_RADII, GRID_EPS):
+        methods[f"guided r={radius} eps={eps:g}"] = partial(refine_guided, radius=radius, eps=eps)
+    return methods
+
+
+def print_table(results: dict[str, dict[str, Scores]]) -> None:
+    columns = ["IoU", "mIoU/img", "F@2px", "mBA", "ms/img"]
+    width = max(len(m) for scores in results.values() for m in scores) + 2
+    print(f"{'set':<20}{'method':<{width}}" + "".join(f"{c:>10}" for c in columns))
+    for set_name, scores in results.items():
+        n = len(next(iter(scores.values())).seconds)
+        for method, s in scores.items():
+            row = s.row()
+            cells = "".join(
+                f"{'-':>10}" if math.isnan(row[c]) else f"{row[c]:>10.{1 if c == 'ms/img' else 4}f}"
+                for c in columns
+            )
+            print(f"{set_name + f' ({n})':<20}{method:<{width}}{cells}")
+
+
+def print_grid_ranking(results: dict[str, dict[str, Scores]]) -> None:
+    methods = next(iter(results.values())).keys()
+    ranking = sorted(
+        ((np.mean([results[s][m].quality() for s in results]), m) for m in methods), reverse=True
+    )
+    print("\nmean over sets of mean(IoU, F@2px, mBA):")
+    for score, method in ranking:
+        print(f"  {score:.4f}  {method}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--limit", type=int, default=None, help="images per set (evenly spaced)")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--radius", type=int, default=DEFAULT_RADIUS)
+    parser.add_argument("--eps", type=float, default=DEFAULT_EPS)
+    parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (slow)")
+    parser.add_argument("--grid", action="store_true", help="grid-search guided r and eps")
+    args = parser.parse_args()
+
+    with_crf = not args.no_crf and importlib.util.find_spec("pydensecrf") is not None
+    if not with_crf and not args.no_crf:
+        print("pydensecrf not installed: skipping the CRF", file=sys.stderr)
+    methods = grid_methods() if args.grid else default_methods(args.radius, args.eps, with_crf)
+    results = {name: evaluate(name, methods, args.limit) for name in args.sets}
+    print_table(results)
+    if args.grid:
+        print_grid_ranking(results)
+
+
+if __name__ == "__main__":
+    main()
