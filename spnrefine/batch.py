@@ -1,0 +1,263 @@
+"""Many images at once: pairing images with coarse maps, output names, the resume rule, and
+one pair's refine-write-report step, which any runner (this loop, or workers) can call."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from spnrefine.api import Refiner
+from spnrefine.errors import SpnrefineError
+from spnrefine.io import CoarseMap, CoarseType, write_atomic
+from spnrefine.post import is_foreground_map
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+COARSE_EXTENSIONS = (".png", ".npy", ".npz", ".tif", ".tiff")
+COARSE_SUFFIXES = ("_coarse", "_seg", "_mask")
+OUTPUT_SUFFIXES = (".png", ".npy")
+Status = Literal["ok", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One job. `out` is a full path, or (with `name_out`) a path to which the format's
+    extension is appended once the coarse map is decoded. `problem` marks a pair that could not
+    be formed (no coarse map, a clash); it is reported as failed without being run."""
+
+    image: str
+    coarse: str | None
+    out: str
+    name_out: bool = False
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """How every pair is refined and written: the `refine_file` options a batch shares."""
+
+    coarse_type: CoarseType = "auto"
+    logits: bool = False
+    stretch: bool = False
+    soft: bool = False
+    bits: Literal[8, 16] = 8
+    overwrite: bool = False
+
+
+@dataclass
+class PairReport:
+    """One line of the report (and of `--json`): what happened to a pair."""
+
+    image: str
+    coarse: str | None
+    out: str | None
+    status: Status
+    seconds: float
+    error: str | None = None
+    overlay: str | None = None
+    details: dict = field(default_factory=dict)  # RefineResult.summary() for refined pairs
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(data.pop("details"))
+        return data
+
+
+def find_pairs(
+    folder: str | Path, *, coarse_dir: str | Path | None = None, out_dir: str | Path | None = None
+) -> list[Pair]:
+    """Pair each image in `folder` with its coarse map by stem.
+
+    With `folder/images` and `folder/coarse` (or `coarse_dir`), `images/NAME.jpg` pairs with
+    `coarse/NAME.png` (or `NAME_coarse`, `_seg`, `_mask`; .png .npy .npz .tif). Otherwise images
+    and maps sit side by side: `NAME.jpg` with `NAME_coarse.png` (or `_seg`, `_mask`). Outputs
+    go to `out_dir` (default `folder/refined`) as NAME.png (NAME.npy for several --soft classes).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpnrefineError("not a folder" if folder.exists() else "folder not found", folder)
+    has_maps = coarse_dir is not None or (folder / "coarse").is_dir()
+    split = (folder / "images").is_dir() and has_maps
+    image_dir = folder / "images" if split else folder
+    if coarse_dir is not None:
+        maps_dir = Path(coarse_dir)
+    else:
+        maps_dir = folder / "coarse" if split else folder
+    if not maps_dir.is_dir():
+        raise SpnrefineError("coarse-map folder not found", maps_dir)
+    out_dir = Path(out_dir) if out_dir is not None else folder / "refined"
+    side_by_side = image_dir.resolve() == maps_dir.resolve()
+
+    maps: dict[str, list[Path]] = {}
+    for path in _files(maps_dir, COARSE_EXTENSIONS):
+        maps.setdefault(path.stem, []).append(path)
+    images = [
+        p
+        for p in _files(image_dir, IMAGE_EXTENSIONS)
+        if not (side_by_side and p.stem.endswith(COARSE_SUFFIXES))
+    ]
+    pairs, named = [], set()
+    for image in images:
+        stems = [image.stem + s for s in COARSE_SUFFIXES]
+        if not side_by_side:
+            stems.insert(0, image.stem)
+        found = [p for stem in stems for p in maps.get(stem, [])]
+        out = str(out_dir / image.stem)
+        problem = None
+        if not found:
+            problem = f"no coarse map for it in {maps_dir} (looked for {', '.join(stems)})"
+        elif len(found) > 1:
+            problem = f"several coarse maps for it: {', '.join(p.name for p in found)}"
+        elif image.stem in named:
+            problem = f"another image is also named {image.stem}; their outputs would clash"
+        named.add(image.stem)
+        coarse = str(found[0]) if len(found) == 1 else None
+        pairs.append(Pair(str(image), coarse, out, name_out=True, problem=problem))
+    return pairs
+
+
+def _files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions and p.is_file())
+
+
+def read_pair_lines(lines: Iterable[str], out_dir: str | Path) -> list[Pair]:
+    """Pairs from `image<TAB>coarse[<TAB>out]` lines (as `batch --from` reads them); without an
+    out, the output is named in `out_dir` after the image. Blank lines are skipped."""
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) not in (2, 3) or not all(fields):
+            pairs.append(
+                Pair(line, None, "", problem=f"line {number}: expected image<TAB>coarse[<TAB>out]")
+            )
+        elif len(fields) == 3:
+            pairs.append(Pair(fields[0], fields[1], fields[2]))
+        else:
+            out = str(Path(out_dir) / Path(fields[0]).stem)
+            pairs.append(Pair(fields[0], fields[1], out, name_out=True))
+    return pairs
+
+
+def output_candidates(pair: Pair, soft: bool) -> list[Path]:
+    """The paths the pair's output may be written to."""
+    if not pair.name_out:
+        return [Path(pair.out)]
+    suffixes = OUTPUT_SUFFIXES if soft else OUTPUT_SUFFIXES[:1]
+    return [Path(pair.out + suffix) for suffix in suffixes]
+
+
+def finished_output(pair: Pair, options: PairOptions) -> Path | None:
+    """The resume rule: a pair is done when its output exists (writes are atomic, so an
+    existing output is a whole one), unless `overwrite` asks for it again."""
+    if options.overwrite or pair.problem:
+        return None
+    return next((p for p in output_candidates(pair, options.soft) if p.exists()), None)
+
+
+def name_output(pair: Pair, coarse: CoarseMap, soft: bool) -> str:
+    """The output path once the coarse map is known: .npy for several soft classes, else .png."""
+    if not pair.name_out:
+        return pair.out
+    several = soft and not is_foreground_map(coarse)
+    return pair.out + (".npy" if several else ".png")
+
+
+def refine_pair(
+    refiner: Refiner,
+    pair: Pair,
+    options: PairOptions,
+    *,
+    overlay: str | None = None,
+    skip_finished: bool = True,
+) -> PairReport:
+    """Refine one pair and write its output; never raises for a bad pair, reports it instead."""
+    started = time.perf_counter()
+
+    def report(status: Status, out: str | None, error: str | None = None, **extra) -> PairReport:
+        seconds = round(time.perf_counter() - started, 4)
+        return PairReport(pair.image, pair.coarse, out, status, seconds, error, **extra)
+
+    if pair.problem:
+        return report("failed", None, f"{pair.image}: {pair.problem}")
+    done = finished_output(pair, options) if skip_finished else None
+    if done is not None:
+        return report("skipped", str(done))
+    try:
+        result = refiner.refine_file(
+            pair.image,
+            pair.coarse,
+            lambda coarse: name_output(pair, coarse, options.soft),
+            overlay=overlay,
+            **asdict(options),
+        )
+    except SpnrefineError as err:
+        return report("failed", None, str(err))
+    except Exception as err:  # noqa: BLE001 - one broken pair must not stop a batch
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        problem = f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})"
+        return report("failed", None, f"{pair.image}: internal error: {problem}")
+    return report("ok", result.out, overlay=result.overlay_path, details=result.summary())
+
+
+def run_batch(
+    refiner: Refiner,
+    pairs: list[Pair],
+    options: PairOptions,
+    *,
+    console: Console | None = None,
+) -> Iterator[PairReport]:
+    """Refine the pairs in order, yielding each report as it is made; a progress bar with ETA
+    goes to `console` (stderr) unless it is None or quiet."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    show = console is not None and not console.quiet
+    # stdout is not redirected into the bar: with --json it carries the results.
+    progress = Progress(
+        *columns, console=console, disable=not show, redirect_stdout=False, redirect_stderr=False
+    )
+    with progress:
+        task = progress.add_task("refining", total=len(pairs))
+        for pair in pairs:
+            report = refine_pair(refiner, pair, options)
+            progress.advance(task)
+            yield report
+
+
+def write_report(
+    path: str | Path, reports: list[PairReport], *, weights: dict | None, seconds: float
+) -> None:
+    """`--report FILE.json`: every pair with status, time and error, and the totals."""
+    counts = {status: 0 for status in ("ok", "skipped", "failed")}
+    for r in reports:
+        counts[r.status] += 1
+    data = {
+        "summary": {**counts, "pairs": len(reports), "seconds": round(seconds, 3)},
+        "weights": weights,
+        "pairs": [r.to_dict() for r in reports],
+    }
+    text = json.dumps(data, indent=2) + "\n"
+    # The report describes the latest run, so a rerun that resumes replaces it.
+    write_atomic(path, text.encode(), overwrite=True)

@@ -1,0 +1,283 @@
+"""The Python API: `Refiner.load(...).refine(image, coarse)` and `refine_file`, and the post
+step (class restriction, void, label ids, soft outputs)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spnrefine.api import Refiner, RefineResult
+from spnrefine.checkpoint import save_model
+from spnrefine.errors import SpnrefineError
+from spnrefine.io import CoarseMap, load_coarse
+from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.post import present_classes, restrict_classes, to_labels
+from spnrefine.tiling import TileStats
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class IdentityRefiner(Refiner):
+    """The model pass replaced by "change nothing", so the data path around it can be checked
+    exactly; `calls` counts model passes."""
+
+    calls = 0
+
+    def refine_probs(self, image_rgb, probs, stats=None):
+        type(self).calls += 1
+        return probs.copy()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = SPNRefiner(ModelConfig(hidden=2, widths=(8, 16), readout=4))
+    return save_model(model, tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def refiner(model_dir: Path) -> Refiner:
+    return Refiner.load(model_dir, device="cpu")
+
+
+@pytest.fixture
+def identity(model_dir: Path) -> IdentityRefiner:
+    return IdentityRefiner(Refiner.load(model_dir).model, device="cpu")
+
+
+def gradient_image(h: int = 48, w: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([xx * 4 % 256, yy * 5 % 256, (xx + yy) % 256], -1).astype(np.uint8)
+
+
+def png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+    im = Image.fromarray(array)
+    if palette is not None:
+        im.putpalette(palette)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_refiner_is_exported_from_the_package():
+    import spnrefine
+
+    assert spnrefine.Refiner is Refiner
+    assert spnrefine.RefineResult is RefineResult
+
+
+def test_refine_example_gives_a_mask_at_the_image_size(refiner: Refiner):
+    result = refiner.refine(EXAMPLES / "astronaut.jpg", EXAMPLES / "astronaut_coarse.png")
+    assert result.labels.shape == (512, 512)
+    assert result.kind == "prob"
+    assert set(np.unique(result.labels)) <= {0, 255}
+    assert result.probs.shape == (2, 512, 512)
+    np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-4)
+    assert 0 < result.tiles.refined < result.tiles.total
+
+
+def test_binary_mask_is_upsampled_and_written_as_0_255(identity: Refiner, tmp_path: Path):
+    coarse = np.zeros((12, 16), np.uint8)
+    coarse[3:9, 4:12] = 255
+    result = identity.refine(gradient_image(), png(coarse))
+    assert result.kind == "binary"
+    # With the model pass an identity, the output is the bilinear upsample thresholded.
+    assert result.labels[24, 32] == 255 and result.labels[2, 2] == 0
+    result.save(tmp_path / "out.png")
+    written = np.asarray(Image.open(tmp_path / "out.png"))
+    assert set(np.unique(written)) == {0, 255}
+    assert written.shape == (48, 64)
+
+
+def test_palette_label_map_keeps_its_ids_and_palette(identity: Refiner, tmp_path: Path):
+    ids = np.zeros((12, 16), np.uint8)
+    ids[:, 8:] = 7
+    ids[4:8, 2:6] = 15
+    palette = [(k * 37) % 256 for k in range(768)]
+    result = identity.refine(gradient_image(), png(ids, palette))
+    assert set(np.unique(result.labels)) == {0, 7, 15}
+    result.save(tmp_path / "out.png")
+    written = Image.open(tmp_path / "out.png")
+    assert written.mode == "P"
+    assert written.getpalette()[:48] == palette[:48]
+
+
+def test_void_pixels_pass_through_as_255(identity: Refiner):
+    ids = np.full((12, 16), 1, np.uint8)
+    ids[:, :8] = 2
+    ids[0:4, 0:4] = 255
+    result = identity.refine(gradient_image(), png(ids), coarse_type="labels")
+    assert (result.labels[0:16, 0:16] == 255).all()
+    assert set(np.unique(result.labels)) == {1, 2, 255}
+
+
+def test_labels_only_hold_classes_present_in_the_coarse_map(model_dir: Path):
+    class FavoursClassTwo(Refiner):
+        def refine_probs(self, image_rgb, probs, stats=None):
+            out = probs * 0.2
+            out[2] = 0.8
+            return out
+
+    probs = np.zeros((3, 12, 16), np.float32)
+    probs[0, :, :8] = 0.6
+    probs[1, :, 8:] = 0.6
+    probs[2] = 0.4  # never the argmax: class 2 is not in the coarse map
+    probs /= probs.sum(0, keepdims=True)
+    refiner = FavoursClassTwo(Refiner.load(model_dir).model, device="cpu")
+    result = refiner.refine(gradient_image(), probs)
+    assert set(np.unique(result.labels)) == {0, 1}
+    assert (result.probs[2] == 0).all()
+    np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-6)
+
+
+def test_restrict_classes_renormalises_and_falls_back_to_present_classes():
+    probs = np.array([[[0.2, 0.0]], [[0.3, 0.0]], [[0.5, 1.0]]], np.float32)
+    out = restrict_classes(probs, np.array([True, True, False]))
+    np.testing.assert_allclose(out[:, 0, 0], [0.4, 0.6, 0.0])
+    # All the mass was on the absent class: the present ones share it.
+    np.testing.assert_allclose(out[:, 0, 1], [0.5, 0.5, 0.0])
+
+
+def test_present_classes_ignore_void_pixels():
+    ids = np.array([[3, 255], [3, 3]], np.uint8)
+    coarse = load_coarse(png(ids), coarse_type="labels")
+    assert coarse.labels == [0, 3]  # a lone class gets an empty partner channel
+    assert present_classes(coarse).tolist() == [False, True]
+    labels = to_labels(coarse.probs, coarse, coarse.ignore)
+    assert labels.tolist() == [[3, 255], [3, 3]]
+
+
+def test_soft_output_of_one_class_is_a_foreground_png_in_8_or_16_bits(
+    identity: Refiner, tmp_path: Path
+):
+    fg = np.linspace(0, 1, 16 * 12, dtype=np.float32).reshape(12, 16)
+    result = identity.refine(gradient_image(), fg)
+    result.save(tmp_path / "p8.png", soft=True)
+    result.save(tmp_path / "p16.png", soft=True, bits=16)
+    p8 = np.asarray(Image.open(tmp_path / "p8.png"))
+    p16 = np.asarray(Image.open(tmp_path / "p16.png"))
+    assert p8.dtype == np.uint8
+    assert p16.max() == 65535
+    np.testing.assert_allclose(p8 / 255, result.probs[1], atol=1 / 255)
+    np.testing.assert_allclose(p16 / 65535, result.probs[1], atol=1e-4)
+
+
+def test_soft_output_of_several_classes_is_a_chw_npy(identity: Refiner, tmp_path: Path):
+    probs = np.random.default_rng(0).random((3, 12, 16)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    result = identity.refine(gradient_image(), probs)
+    with pytest.raises(SpnrefineError, match=r"name it \.npy"):
+        result.save(tmp_path / "soft.png", soft=True)
+    result.save(tmp_path / "soft.npy", soft=True)
+    saved = np.load(tmp_path / "soft.npy")
+    assert saved.shape == (3, 48, 64)
+    np.testing.assert_allclose(saved, result.probs)
+    assert result.encode(soft=True)[:6] == b"\x93NUMPY"
+
+
+def test_image_and_coarse_can_be_arrays_or_bytes(identity: Refiner):
+    image = gradient_image()
+    fg = np.zeros((12, 16), np.float32)
+    fg[4:8, 4:12] = 1.0
+    from_arrays = identity.refine(image, fg)
+    from_bytes = identity.refine(png(image), png((fg * 255).astype(np.uint8)))
+    assert from_arrays.labels.shape == from_bytes.labels.shape == (48, 64)
+    assert ((from_arrays.labels != 0) == (from_bytes.labels != 0)).all()
+
+
+def test_array_coarse_maps_get_the_checks_files_get(identity: Refiner):
+    bad = np.full((12, 16), np.nan, np.float32)
+    with pytest.raises(SpnrefineError, match="NaN") as err:
+        identity.refine(gradient_image(), bad)
+    assert str(err.value).startswith("<array>: ")
+
+
+def test_decoded_coarse_map_is_accepted(identity: Refiner):
+    coarse = load_coarse(EXAMPLES / "coffee_coarse.png")
+    assert isinstance(coarse, CoarseMap)
+    result = identity.refine(EXAMPLES / "coffee.jpg", coarse, stretch=True)
+    assert result.labels.shape == (400, 600)
+
+
+def test_aspect_mismatch_needs_stretch(identity: Refiner):
+    with pytest.raises(SpnrefineError, match="600x400.*--stretch"):
+        identity.refine(EXAMPLES / "coffee.jpg", EXAMPLES / "coffee_coarse.png")
+
+
+def test_refine_probs_keeps_probabilities_a_distribution(refiner: Refiner):
+    probs = np.random.default_rng(1).random((2, 150, 200)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    stats = TileStats()
+    out = refiner.refine_probs(gradient_image(150, 200), probs, stats)
+    assert out.shape == probs.shape
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-4)
+    assert stats.total == 4  # 128-pixel tiles overlapping by 32 on a 150×200 image: 2×2
+
+
+def test_refine_file_checks_outputs_before_the_model_runs(identity: Refiner, tmp_path: Path):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    IdentityRefiner.calls = 0
+    with pytest.raises(SpnrefineError, match="already exists"):
+        identity.refine_file(EXAMPLES / "astronaut.jpg", EXAMPLES / "astronaut_coarse.png", out)
+    assert IdentityRefiner.calls == 0
+    assert out.read_bytes() == b"keep me"
+
+
+def test_refine_file_refuses_to_write_over_an_input(identity: Refiner, tmp_path: Path):
+    coarse = tmp_path / "coarse.png"
+    coarse.write_bytes((EXAMPLES / "astronaut_coarse.png").read_bytes())
+    before = coarse.read_bytes()
+    with pytest.raises(SpnrefineError, match="overwrite the input"):
+        identity.refine_file(EXAMPLES / "astronaut.jpg", coarse, coarse, overwrite=True)
+    assert coarse.read_bytes() == before
+
+
+def test_refine_file_writes_output_and_overlay(identity: Refiner, tmp_path: Path):
+    result = identity.refine_file(
+        EXAMPLES / "astronaut.jpg",
+        EXAMPLES / "astronaut_coarse.png",
+        tmp_path / "mask.png",
+        overlay=tmp_path / "look.jpg",
+    )
+    assert result.out == str(tmp_path / "mask.png")
+    assert Image.open(tmp_path / "mask.png").size == (512, 512)
+    assert Image.open(tmp_path / "look.jpg").format == "JPEG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["look.jpg", "mask.png"]
+
+
+def test_refine_file_writes_to_a_binary_stream(identity: Refiner):
+    buf = io.BytesIO()
+    identity.refine_file(EXAMPLES / "coffee.jpg", EXAMPLES / "coffee_coarse.png", buf, stretch=True)
+    assert Image.open(io.BytesIO(buf.getvalue())).size == (600, 400)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tile": 100}, "--tile"),
+        ({"tile": 8}, "--tile"),
+        ({"overlap": 32, "tile": 32}, "--overlap"),
+        ({"overlap": -1}, "--overlap"),
+        ({"batch_size": 0}, "batch size"),
+        ({"device": "tpu"}, "--device"),
+    ],
+)
+def test_invalid_settings_are_one_line_errors(model_dir: Path, kwargs: dict, message: str):
+    with pytest.raises(SpnrefineError, match=message):
+        Refiner.load(model_dir, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_an_error(model_dir: Path):
+    with pytest.raises(SpnrefineError, match="no CUDA GPU"):
+        Refiner.load(model_dir, device="cuda")
+
+
+def test_auto_device_is_the_cpu_without_a_gpu(model_dir: Path):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert Refiner.load(model_dir).device.type == expected
