@@ -59,7 +59,12 @@ def train(
         float, typer.Option(help="Share of groups held out when a folder has no splits.txt.")
     ] = 0.2,
     val_patches: Annotated[int, typer.Option(help="Validation patches per data folder.")] = 64,
-    init: Annotated[str | None, typer.Option(help="Fine-tune: start from these weights.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from these weights (folder, .safetensors, hf-hub:owner/name)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     hidden: Annotated[int, typer.Option(help="Propagated channels per class.")] = 8,
     mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",

@@ -84,7 +84,7 @@ def boundary_points(labels: np.ndarray, limit: int = 4000, seed: int = 0) -> np.
     return points
 
 
-def _split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) -> set[str]:
+def split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) -> set[str]:
     splits = root / "splits.txt"
     if splits.is_file():
         val = set()
@@ -138,7 +138,7 @@ def load_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> 
     lut[class_values] = np.arange(len(class_values))
     num_classes = len(class_values)
 
-    val_stems = _split_stems(root, list(images), val_fraction, seed)
+    val_stems = split_stems(root, list(images), val_fraction, seed)
     train, val = [], []
     for stem, path in images.items():
         image = _read(path, "RGB")
@@ -223,6 +223,22 @@ def perturb_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generato
     return out
 
 
+def _fill_ignore(labels: np.ndarray, max_steps: int = 32) -> np.ndarray:
+    """Give void pixels a neighbouring label: a segmenter's coarse map has no void."""
+    if not (labels == IGNORE).any():
+        return labels
+    filled = np.where(labels == IGNORE, -1, labels.astype(np.int16)).astype(np.int16)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(max_steps):
+        holes = filled < 0
+        if not holes.any():
+            break
+        grown = cv2.dilate(filled, kernel)
+        filled[holes] = grown[holes]
+    filled[filled < 0] = 0
+    return filled.astype(labels.dtype)
+
+
 def synthesize_coarse(
     labels: np.ndarray,
     num_classes: int,
@@ -235,6 +251,7 @@ def synthesize_coarse(
     bilinear upsampling, the protocol used for validation.
     """
     h, w = labels.shape
+    labels = _fill_ignore(labels)
     if rng is not None:
         if rng.random() < 0.8:
             labels = perturb_labels(labels, num_classes, rng)
@@ -244,7 +261,7 @@ def synthesize_coarse(
     coarse = _renormalise(downsample_probs(probs, small))
     if rng is not None and rng.random() < 0.5:
         # Segmenters are over- or under-confident; vary the temperature of the map.
-        logits = np.log(np.clip(coarse, 1e-4, 1.0)) * rng.uniform(0.5, 2.0)
+        logits = np.log(np.clip(coarse, 1e-6, 1.0)) * rng.uniform(0.5, 2.0)
         coarse = np.exp(logits - logits.max(0, keepdims=True))
         coarse = _renormalise(coarse)
     return _renormalise(np.clip(upsample_probs(coarse, (h, w)), 0, 1))
@@ -330,8 +347,30 @@ def sample_batch(
             patches.append(patch)
         elif tries > 50 * batch_size:
             raise SpnrefineError("could not find patches where two labels meet", dataset.root)
+    if dataset.num_classes > 2:
+        patches = [_present_classes(p) for p in patches]
+        width = max(len(p.coarse) for p in patches)
+        for p in patches:  # absent classes are all-zero channels, as tiling would leave out
+            p.coarse = np.concatenate(
+                [p.coarse, np.zeros((width - len(p.coarse),) + p.labels.shape, np.float32)]
+            )
     return {
         "image": np.stack([p.image for p in patches]),
         "coarse": np.stack([p.coarse for p in patches]),
         "labels": np.stack([p.labels for p in patches]),
     }
+
+
+def _present_classes(patch: Patch, threshold: float = 0.02) -> Patch:
+    """Keep only the classes the coarse patch holds, as inference does per tile.
+
+    The model is class-agnostic, so this changes nothing it learns except the cost: a CamVid
+    patch holds 3-5 of its 11 classes. Ground truth of a dropped class becomes ignore, since
+    inference could not produce it either.
+    """
+    keep = np.flatnonzero(patch.coarse.max(axis=(1, 2)) > threshold)
+    remap = np.full(256, IGNORE, np.int64)
+    remap[keep] = np.arange(len(keep))
+    coarse = patch.coarse[keep]
+    coarse = coarse / np.maximum(coarse.sum(0, keepdims=True), 1e-6)
+    return Patch(patch.image, np.ascontiguousarray(coarse, np.float32), remap[patch.labels])

@@ -25,6 +25,7 @@ from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.train.data import IGNORE, Dataset, load_dataset, sample_batch
 from spnrefine.train.validate import PatchScores
+from spnrefine.weights import load_weights
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -160,7 +161,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
         model = load_model(out).train()
         config.model = model.config
     elif config.init:
-        model = load_model(config.init).train()
+        model = load_weights(config.init)[0].train()
         config.model = model.config
     else:
         model = SPNRefiner(config.model)

@@ -1,7 +1,9 @@
-"""Score the baseline refiners (bilinear, guided filter, dense CRF) on shared/data coarse maps.
+"""Score spnrefine against bilinear upsampling, the guided filter and dense CRF on shared/data.
 
-Run from the repository root: PYTHONPATH=. python benchmarks/baselines_quality.py [--limit N]
-[--grid] [--no-crf] (PYTHONPATH is not needed once spnrefine is pip-installed).
+Run from the repository root: python benchmarks/quality.py [--split val] [--spn WEIGHTS]
+[--limit N] [--grid] [--no-crf]. ``--split val`` keeps only what the default model's training
+held out (the same seeded split as ``spnrefine train``: whole DAVIS sequences, CamVid val, a
+fifth of the horses); davis-coarse is then restricted to the held-out DAVIS sequences.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spnrefine.api import Refiner
 from spnrefine.baselines import refine_bilinear, refine_crf, refine_guided
 from spnrefine.baselines.guided import DEFAULT_EPS, DEFAULT_RADIUS
 from spnrefine.metrics import (
@@ -29,7 +32,9 @@ from spnrefine.metrics import (
     mba,
     mean_boundary_f,
 )
+from spnrefine.train.data import split_stems
 
+VAL_FRACTION = 0.2  # spnrefine train's default --val-fraction
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11
@@ -37,7 +42,7 @@ FACTOR = 8
 GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
 
-Refiner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+RefineFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -75,9 +80,19 @@ def coarse_from_onehot(onehot: np.ndarray) -> np.ndarray:
     return np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 1.0 / c).astype(np.float32)
 
 
-def binary_samples(folder: str, limit: int | None) -> Iterator[Sample]:
+def held_out(folder: str, stems: list[str], split: str, seed: int) -> list[str]:
+    """``stems`` of ``folder`` in the validation split of ``spnrefine train`` (or all)."""
+    if split == "all":
+        return stems
+    val = split_stems(DATA / folder, stems, VAL_FRACTION, seed)
+    return [s for s in stems if s in val]
+
+
+def binary_samples(folder: str, limit: int | None, split: str, seed: int) -> Iterator[Sample]:
     root = DATA / folder
-    for mask_path in pick(sorted((root / "masks").glob("*.png")), limit):
+    paths = {p.stem: p for p in sorted((root / "masks").glob("*.png"))}
+    chosen = held_out(folder, sorted(paths), split, seed)
+    for mask_path in pick([paths[s] for s in chosen], limit):
         gt = (read_gray(mask_path) > 127).astype(np.uint8)
         onehot = np.stack([1 - gt, gt]).astype(np.float32)
         image = read_rgb(root / "images" / f"{mask_path.stem}.jpg")
@@ -94,9 +109,12 @@ def camvid_samples(limit: int | None) -> Iterator[Sample]:
         yield Sample(read_rgb(root / "images" / f"{name}.jpg"), coarse_from_onehot(onehot), gt)
 
 
-def davis_coarse_samples(limit: int | None) -> Iterator[Sample]:
+def davis_coarse_samples(limit: int | None, split: str, seed: int) -> Iterator[Sample]:
     davis = DATA / "davis"
-    for coarse_path in pick(sorted((DATA / "davis-coarse").glob("*.png")), limit):
+    paths = {p.stem: p for p in sorted((DATA / "davis-coarse").glob("*.png"))}
+    all_davis = sorted(p.stem for p in (davis / "images").glob("*.jpg"))
+    keep = set(held_out("davis", all_davis, split, seed))
+    for coarse_path in pick([paths[s] for s in sorted(paths) if s in keep], limit):
         image = read_rgb(davis / "images" / f"{coarse_path.stem}.jpg")
         gt = (read_gray(davis / "masks" / coarse_path.name) > 127).astype(np.uint8)
         h, w = gt.shape
@@ -105,12 +123,12 @@ def davis_coarse_samples(limit: int | None) -> Iterator[Sample]:
         yield Sample(image, np.stack([1 - fg, fg]).astype(np.float32), gt)
 
 
-def samples(name: str, limit: int | None) -> Iterator[Sample]:
-    if name == "camvid":
+def samples(name: str, limit: int | None, split: str, seed: int) -> Iterator[Sample]:
+    if name == "camvid":  # CamVid's own val split, whatever --split says
         return camvid_samples(limit)
     if name == "davis-coarse":
-        return davis_coarse_samples(limit)
-    return binary_samples(name, limit)
+        return davis_coarse_samples(limit, split, seed)
+    return binary_samples(name, limit, split, seed)
 
 
 @dataclass
@@ -149,11 +167,13 @@ class Scores:
         return float(np.nanmean([row["IoU"], row["F@2px"], row["mBA"]]))
 
 
-def evaluate(set_name: str, methods: dict[str, Refiner], limit: int | None) -> dict[str, Scores]:
+def evaluate(
+    set_name: str, methods: dict[str, RefineFn], limit: int | None, split: str, seed: int
+) -> dict[str, Scores]:
     multiclass = set_name == "camvid"
     scores = {name: Scores(multiclass) for name in methods}
     count = 0
-    for sample in samples(set_name, limit):
+    for sample in samples(set_name, limit, split, seed):
         for name, refine in methods.items():
             start = time.perf_counter()
             out = refine(sample.image, sample.probs)
@@ -166,8 +186,8 @@ def evaluate(set_name: str, methods: dict[str, Refiner], limit: int | None) -> d
     return scores
 
 
-def default_methods(radius: int, eps: float, with_crf: bool) -> dict[str, Refiner]:
-    methods: dict[str, Refiner] = {
+def default_methods(radius: int, eps: float, with_crf: bool) -> dict[str, RefineFn]:
+    methods: dict[str, RefineFn] = {
         "bilinear": refine_bilinear,
         "guided": partial(refine_guided, radius=radius, eps=eps),
         "guided-gray": partial(refine_guided, radius=radius, eps=eps, gray=True),
@@ -177,8 +197,8 @@ def default_methods(radius: int, eps: float, with_crf: bool) -> dict[str, Refine
     return methods
 
 
-def grid_methods() -> dict[str, Refiner]:
-    methods: dict[str, Refiner] = {"bilinear": refine_bilinear}
+def grid_methods() -> dict[str, RefineFn]:
+    methods: dict[str, RefineFn] = {"bilinear": refine_bilinear}
     for radius, eps in itertools.product(GRID_RADII, GRID_EPS):
         methods[f"guided r={radius} eps={eps:g}"] = partial(refine_guided, radius=radius, eps=eps)
     return methods
@@ -217,13 +237,21 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS)
     parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (slow)")
     parser.add_argument("--grid", action="store_true", help="grid-search guided r and eps")
+    parser.add_argument("--split", choices=("all", "val"), default="all")
+    parser.add_argument("--seed", type=int, default=0, help="the training run's --seed")
+    parser.add_argument("--spn", metavar="WEIGHTS", help="also score spnrefine with these weights")
     args = parser.parse_args()
 
     with_crf = not args.no_crf and importlib.util.find_spec("pydensecrf") is not None
     if not with_crf and not args.no_crf:
         print("pydensecrf not installed: skipping the CRF", file=sys.stderr)
     methods = grid_methods() if args.grid else default_methods(args.radius, args.eps, with_crf)
-    results = {name: evaluate(name, methods, args.limit) for name in args.sets}
+    if args.spn:
+        refiner = Refiner.load(args.spn)
+        methods["spn"] = refiner.refine_probs
+    results = {
+        name: evaluate(name, methods, args.limit, args.split, args.seed) for name in args.sets
+    }
     print_table(results)
     if args.grid:
         print_grid_ranking(results)

@@ -1,0 +1,219 @@
+"""Training on tiny synthetic data: data checks, coarse synthesis, loss, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from spnrefine.checkpoint import load_model, save_model, state_checksum
+from spnrefine.errors import SpnrefineError
+from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.train.data import (
+    IGNORE,
+    load_dataset,
+    sample_batch,
+    split_stems,
+    synthesize_coarse,
+)
+from spnrefine.train.loop import TrainConfig, refinement_loss, train
+
+TINY = ModelConfig(hidden=2, widths=(8, 16), readout=8, tile=32)
+
+
+def make_folder(root, n=6, size=(48, 40), classes=2, seed=0):
+    """Images of a bright disc (or several discs of class ids) on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        labels = np.zeros((h, w), np.uint8)
+        image = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+        for c in range(1, classes):
+            cy, cx, r = rng.integers(8, h - 8), rng.integers(8, w - 8), rng.integers(5, 12)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            labels[disc] = c
+            image[disc] = (200 * c // classes + 50, 180, 90)
+        mask = labels * 255 if classes == 2 else labels
+        Image.fromarray(image).save(root / "images" / f"seq{i % 3}_{i:05d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"seq{i % 3}_{i:05d}.png")
+    return root
+
+
+def tiny_config(data, out, **kw) -> TrainConfig:
+    base = dict(
+        data=[str(d) for d in data],
+        out=str(out),
+        steps=4,
+        val_every=2,
+        batch_size=2,
+        val_patches=2,
+        warmup=1,
+        val_fraction=0.34,
+        model=TINY,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_binary_and_multiclass_folders_get_their_class_counts(tmp_path):
+    binary = load_dataset(make_folder(tmp_path / "b"), 0.34)
+    multi = load_dataset(make_folder(tmp_path / "m", classes=4), 0.34)
+    assert (binary.num_classes, binary.class_values) == (2, [0, 255])
+    assert multi.num_classes == 4
+    assert set(np.unique(binary.train[0].labels)) <= {0, 1}
+
+
+def test_validation_split_keeps_groups_together(tmp_path):
+    stems = [f"dog_{i:05d}" for i in range(5)] + [f"cat_{i:05d}" for i in range(5)]
+    stems += [f"owl_{i:05d}" for i in range(5)]
+    val = split_stems(tmp_path, stems, 0.34, seed=3)
+    groups = {s.split("_")[0] for s in val}
+    assert len(groups) == 1 and len(val) == 5
+
+
+def test_splits_file_decides_the_validation_set(tmp_path):
+    root = make_folder(tmp_path / "d")
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "splits.txt").write_text(
+        f"{stems[0]}\tval\n" + "".join(f"{s}\ttrain\n" for s in stems[1:])
+    )
+    data = load_dataset(root)
+    assert [s.stem for s in data.val] == [stems[0]]
+
+
+def test_missing_mask_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "d")
+    next((root / "masks").iterdir()).unlink()
+    with pytest.raises(SpnrefineError, match="has no mask"):
+        load_dataset(root)
+
+
+def test_size_mismatch_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "d")
+    mask = next((root / "masks").iterdir())
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
+    with pytest.raises(SpnrefineError, match="but its mask is 10×10") as err:
+        load_dataset(root)
+    assert mask.name in str(err.value)
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "d")
+    image = next((root / "images").iterdir())
+    image.write_bytes(b"not a png")
+    with pytest.raises(SpnrefineError, match="unreadable image") as err:
+        load_dataset(root)
+    assert image.name in str(err.value)
+
+
+def test_missing_masks_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(SpnrefineError, match="masks/"):
+        load_dataset(tmp_path)
+
+
+def test_synthetic_coarse_is_a_probability_map_that_misses_the_boundary():
+    labels = np.zeros((64, 64), np.uint8)
+    labels[16:48, 20:50] = 1
+    labels[0:4, 0:4] = IGNORE
+    coarse = synthesize_coarse(labels, 2, np.random.default_rng(0))
+    assert coarse.shape == (2, 64, 64)
+    np.testing.assert_allclose(coarse.sum(0), 1, atol=1e-5)
+    assert coarse.min() >= 0
+    unsure = (coarse.max(0) < 0.9).sum()
+    assert unsure > 50  # the edge got blurred by the downsampling
+    assert (coarse.argmax(0) == labels)[labels != IGNORE].mean() > 0.8
+
+
+def test_validation_protocol_is_deterministic_x8_downsampling():
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 30:] = 1
+    a = synthesize_coarse(labels, 2, None, factor=8)
+    b = synthesize_coarse(labels, 2, None, factor=8)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[1, :, 45:] - 1).max() < 1e-6  # far from the edge it stays certain
+
+
+def test_multiclass_batches_keep_only_present_classes(tmp_path):
+    data = load_dataset(make_folder(tmp_path / "m", classes=6, n=6, size=(200, 200)), 0.34)
+    batch = sample_batch(data, np.random.default_rng(0), 4, tile=32)
+    assert batch["coarse"].shape[1] < 6
+    labels = batch["labels"]
+    assert labels[labels != IGNORE].max() < batch["coarse"].shape[1]
+
+
+def test_refiner_is_class_agnostic_and_permutation_equivariant():
+    torch.manual_seed(0)
+    model = SPNRefiner(TINY).eval()
+    image = torch.rand(1, 3, 32, 32)
+    probs = torch.softmax(torch.randn(1, 5, 32, 32), 1)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        out = model(image, probs)
+        permuted = model(image, probs[:, order])
+    torch.testing.assert_close(permuted, out[:, order], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert model(image, probs[:, :2]).shape == (1, 2, 32, 32)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    data = make_folder(tmp_path / "d", n=6)
+    config = tiny_config([data], tmp_path / "run", steps=30, val_every=30, lr=1e-2, batch_size=4)
+    dataset = load_dataset(data, config.val_fraction)
+    fixed = sample_batch(dataset, np.random.default_rng(123), 8, tile=32)
+    batch = {k: torch.from_numpy(v) for k, v in fixed.items()}
+
+    def loss_of(model):
+        model.eval()
+        with torch.no_grad():
+            logits = model(batch["image"], batch["coarse"])
+            return refinement_loss(logits, batch["labels"], batch["coarse"]).item()
+
+    torch.manual_seed(config.seed)
+    before = loss_of(SPNRefiner(TINY))
+    out = train(config)
+    assert loss_of(load_model(out)) < 0.8 * before
+
+
+def test_checkpoint_round_trips_exactly(tmp_path):
+    torch.manual_seed(1)
+    model = SPNRefiner(TINY)
+    for p in model.parameters():
+        p.data.normal_()
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    assert state_checksum(loaded) == state_checksum(model)
+    assert loaded.config == model.config
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["hidden"] == TINY.hidden
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    data = make_folder(tmp_path / "d")
+    straight = train(tiny_config([data], tmp_path / "straight", steps=4))
+    train(tiny_config([data], tmp_path / "split", steps=2))
+    resumed = train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
+    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+    history = json.loads((resumed / "train_state.json").read_text())["history"]
+    assert [h["step"] for h in history] == [2, 4]
+    moments = load_file(str(resumed / "train_state.safetensors"))
+    assert moments and all(torch.isfinite(v).all() for v in moments.values())
+
+
+def test_fine_tune_starts_from_given_weights(tmp_path):
+    data = make_folder(tmp_path / "d")
+    base = train(tiny_config([data], tmp_path / "base", steps=2))
+    tuned = train(tiny_config([data], tmp_path / "tuned", steps=2, init=str(base), lr=0.0))
+    # With a zero learning rate the weights stay those it started from (BatchNorm's running
+    # statistics still move, as they do in any training step).
+    start, after = load_model(base), load_model(tuned)
+    for (name, p), (_, q) in zip(start.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert state_checksum(after) != state_checksum(SPNRefiner(TINY))
