@@ -66,6 +66,9 @@ def train(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    until: Annotated[
+        int | None, typer.Option(help="Stop after this step; --resume goes on later.")
+    ] = None,
     hidden: Annotated[int, typer.Option(help="Propagated channels per class.")] = 8,
     mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",
     merge: Annotated[str, typer.Option(help="learned or max.")] = "learned",
@@ -92,6 +95,7 @@ def train(
         val_fraction=val_fraction,
         val_patches=val_patches,
         init=init,
+        until=until,
         device=device,
         model=ModelConfig(hidden=hidden, mode=mode, merge=merge),
     )

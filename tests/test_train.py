@@ -198,7 +198,8 @@ def test_checkpoint_round_trips_exactly(tmp_path):
 def test_resume_continues_where_it_stopped(tmp_path):
     data = make_folder(tmp_path / "d")
     straight = train(tiny_config([data], tmp_path / "straight", steps=4))
-    train(tiny_config([data], tmp_path / "split", steps=2))
+    train(tiny_config([data], tmp_path / "split", steps=4, until=2))
+    assert json.loads((tmp_path / "split" / "train_state.json").read_text())["step"] == 2
     resumed = train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
     assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
     history = json.loads((resumed / "train_state.json").read_text())["history"]

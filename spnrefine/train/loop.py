@@ -46,6 +46,7 @@ class TrainConfig:
     val_patches: int = 64
     val_factor: float = 8.0
     init: str | None = None  # fine-tune: start from these weights
+    until: int | None = None  # stop after this step (a later --resume goes on)
     device: str = "cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -188,7 +189,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     started = time.time()
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("training", total=config.steps, completed=step, loss=0.0)
-        while step < config.steps:
+        last = config.steps if config.until is None else min(config.until, config.steps)
+        while step < last:
             rng = np.random.default_rng([config.seed, step])
             dataset = datasets[int(rng.integers(len(datasets)))]
             batch = _to_torch(
@@ -205,7 +207,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
             value = loss.item()
             running = value if running is None else 0.98 * running + 0.02 * value
             progress.update(task, advance=1, loss=running)
-            if step % config.val_every == 0 or step == config.steps:
+            if step % config.val_every == 0 or step == last:
                 results = evaluate(model, datasets, val_sets, device)
                 history.append(
                     {"step": step, "loss": running, "time": time.time() - started, "val": results}
