@@ -1,5 +1,10 @@
 """The propagation engine: linear spatial propagation in four directions, on several backends."""
 
+from __future__ import annotations
+
+import torch
+
+from spnrefine.propagation.function import propagate_directions
 from spnrefine.propagation.normalize import normalize_gates
 from spnrefine.propagation.reference import (
     DIRECTIONS,
@@ -20,6 +25,23 @@ __all__ = [
 ]
 
 
-def propagate(x, gates, mode="three_way", directions=DIRECTIONS, merge="max", backend=None):
-    """Propagate x (B×C×H×W) with gates (B×G×D×3×H×W); see ``reference`` for the layout."""
-    return propagate_ref(x, gates, mode, tuple(directions), merge)
+def propagate(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    mode: str = "three_way",
+    directions: tuple[str, ...] = DIRECTIONS,
+    merge: str | None = "max",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Propagate x (B×C×H×W) with gates (B×G×D×3×H×W); see ``reference`` for the layout.
+
+    ``merge="max"`` returns B×C×H×W (node-wise max over directions, the paper);
+    ``merge=None`` returns the per-direction B×D×C×H×W, for a learned merge.
+    ``backend``: ``"reference"`` (plain torch), ``"cpu"`` (numba), ``"cuda"`` (numba.cuda),
+    or ``None``/``"auto"``: $SPNREFINE_BACKEND if set, else the kernel for the tensors' device.
+    Every backend gives the same result and gradients.
+    """
+    if merge not in ("max", None):
+        raise ValueError(f"unknown merge {merge!r}; expected 'max' or None")
+    per_direction = propagate_directions(x, gates, mode, tuple(directions), backend)
+    return merge_directions(per_direction, merge)
