@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from spnrefine.errors import SpnrefineError
+from spnrefine.io.write import write_atomic
 from spnrefine.model import ModelConfig, SPNRefiner
 
 WEIGHTS_FILE = "model.safetensors"
@@ -29,28 +28,17 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(model: SPNRefiner, folder: str | Path) -> Path:
     """Write the model's weights and config into ``folder`` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
-    _replace_atomically(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_atomic(weights, save(state, metadata={"format": "pt"}), overwrite=True)
     config = json.loads(model.config.to_json())
     config[CHECKSUM_KEY] = sha256_file(weights)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _replace_atomically(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(folder / CONFIG_FILE, text.encode(), overwrite=True)
     return folder
 
 
