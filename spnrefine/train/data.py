@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from spnrefine.errors import SpnrefineError
+from spnrefine.upsample import upsample_probs
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -177,12 +178,6 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     for c in range(num_classes):
         out[c] = labels == c
     return out
-
-
-def upsample_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of C×h×w probabilities to ``size`` (H, W), each axis independently."""
-    h, w = size
-    return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
 
 
 def downsample_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
