@@ -140,3 +140,12 @@ def test_crf_moves_a_coarse_edge_to_the_image_edge():
     after = iou(out[1] > 0.5, truth)
     assert after > before + 0.05
     assert after > 0.95
+
+
+def test_crf_accepts_a_read_only_image():
+    pytest.importorskip("pydensecrf")
+    image = np.zeros((12, 16, 3), np.uint8)
+    image.setflags(write=False)  # as the decoder returns it
+    probs = np.full((2, 12, 16), 0.5, np.float32)
+    out = refine_crf(image, probs, iterations=1)
+    np.testing.assert_allclose(out.sum(0), 1, atol=1e-4)

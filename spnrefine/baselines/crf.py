@@ -49,7 +49,8 @@ def refine_crf(
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
     crf.addPairwiseBilateral(
-        sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w
+        # pydensecrf's Cython signature rejects read-only buffers (decoded images are).
+        sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.array(image, order="C", copy=True), compat=bi_w
     )
     marginals = np.asarray(crf.inference(iterations), dtype=np.float32)
     return marginals.reshape(c, h, w)

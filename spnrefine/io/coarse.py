@@ -237,7 +237,8 @@ def _from_array(
         raise SpnrefineError(f"empty array (shape {array.shape})", name)
     if array.ndim not in (2, 3):
         raise SpnrefineError(
-            f"array has {array.ndim} dimensions (shape {array.shape}); expected H×W, "
+            f"array has {array.ndim} dimension{'s' if array.ndim != 1 else ''} "
+            f"(shape {array.shape}); expected H×W, "
             "C×H×W or H×W×C",
             name,
         )
