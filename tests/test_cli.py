@@ -400,7 +400,7 @@ PROBLEMS = {
     "infinite values": "infinite",
     "negative probabilities": "negative probabilities",
     "array of rank 4": "4 dimensions",
-    "array of rank 1": "1 dimensions",
+    "array of rank 1": "1 dimension ",
     "output folder missing": "does not exist",
     "output folder is a file": "not a folder",
     "output is the coarse input": "overwrite the input",

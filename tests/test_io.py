@@ -422,7 +422,7 @@ def test_float_tiff_is_probability(tmp_path):
         (np.array([[0.2, np.inf], [0.1, 0.3]], np.float32), "NaN or infinite"),
         (np.array([[0.2, -0.5], [0.1, 0.3]], np.float32), "negative probabilities"),
         (np.array([[0.2, 1.5], [0.1, 0.3]], np.float32), "above 1"),
-        (np.zeros(5, np.float32), "1 dimensions"),
+        (np.zeros(5, np.float32), "has 1 dimension "),
         (np.zeros((2, 2, 2, 2), np.float32), "4 dimensions"),
         (np.zeros((0, 4), np.float32), "empty array"),
         (np.full((3, 3), 255, np.uint8), "every pixel is 255"),
