@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pngs import png_bytes
 
 from spnrefine.api import Refiner, RefineResult
 from spnrefine.checkpoint import save_model
@@ -54,15 +55,6 @@ def gradient_image(h: int = 48, w: int = 64) -> np.ndarray:
     return np.stack([xx * 4 % 256, yy * 5 % 256, (xx + yy) % 256], -1).astype(np.uint8)
 
 
-def png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
-    im = Image.fromarray(array)
-    if palette is not None:
-        im.putpalette(palette)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_refiner_is_exported_from_the_package():
     import spnrefine
 
@@ -83,7 +75,7 @@ def test_refine_example_gives_a_mask_at_the_image_size(refiner: Refiner):
 def test_binary_mask_is_upsampled_and_written_as_0_255(identity: Refiner, tmp_path: Path):
     coarse = np.zeros((12, 16), np.uint8)
     coarse[3:9, 4:12] = 255
-    result = identity.refine(gradient_image(), png(coarse))
+    result = identity.refine(gradient_image(), png_bytes(coarse))
     assert result.kind == "binary"
     # With the model pass an identity, the output is the bilinear upsample thresholded.
     assert result.labels[24, 32] == 255 and result.labels[2, 2] == 0
@@ -98,7 +90,7 @@ def test_palette_label_map_keeps_its_ids_and_palette(identity: Refiner, tmp_path
     ids[:, 8:] = 7
     ids[4:8, 2:6] = 15
     palette = [(k * 37) % 256 for k in range(768)]
-    result = identity.refine(gradient_image(), png(ids, palette))
+    result = identity.refine(gradient_image(), png_bytes(ids, palette))
     assert set(np.unique(result.labels)) == {0, 7, 15}
     result.save(tmp_path / "out.png")
     written = Image.open(tmp_path / "out.png")
@@ -110,7 +102,7 @@ def test_void_pixels_pass_through_as_255(identity: Refiner):
     ids = np.full((12, 16), 1, np.uint8)
     ids[:, :8] = 2
     ids[0:4, 0:4] = 255
-    result = identity.refine(gradient_image(), png(ids), coarse_type="labels")
+    result = identity.refine(gradient_image(), png_bytes(ids), coarse_type="labels")
     assert (result.labels[0:16, 0:16] == 255).all()
     assert set(np.unique(result.labels)) == {1, 2, 255}
 
@@ -144,7 +136,7 @@ def test_restrict_classes_renormalises_and_falls_back_to_present_classes():
 
 def test_present_classes_ignore_void_pixels():
     ids = np.array([[3, 255], [3, 3]], np.uint8)
-    coarse = load_coarse(png(ids), coarse_type="labels")
+    coarse = load_coarse(png_bytes(ids), coarse_type="labels")
     assert coarse.labels == [0, 3]  # a lone class gets an empty partner channel
     assert present_classes(coarse).tolist() == [False, True]
     labels = to_labels(coarse.probs, coarse, coarse.ignore)
@@ -184,7 +176,7 @@ def test_image_and_coarse_can_be_arrays_or_bytes(identity: Refiner):
     fg = np.zeros((12, 16), np.float32)
     fg[4:8, 4:12] = 1.0
     from_arrays = identity.refine(image, fg)
-    from_bytes = identity.refine(png(image), png((fg * 255).astype(np.uint8)))
+    from_bytes = identity.refine(png_bytes(image), png_bytes((fg * 255).astype(np.uint8)))
     assert from_arrays.labels.shape == from_bytes.labels.shape == (48, 64)
     assert ((from_arrays.labels != 0) == (from_bytes.labels != 0)).all()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pngs import png_bytes
 from typer.testing import CliRunner
 
 from spnrefine.batch import find_pairs, read_pair_lines
@@ -47,15 +48,6 @@ def cli(model_dir: Path) -> Callable:
         )
 
     return run
-
-
-def png_bytes(array: np.ndarray, palette: list[int] | None = None) -> bytes:
-    im = Image.fromarray(array)
-    if palette is not None:
-        im.putpalette(palette)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

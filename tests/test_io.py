@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pngs import png_bytes
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import (
@@ -34,15 +35,6 @@ from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_prob
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 EXAMPLES = SHARED / "examples"
 DATA = SHARED / "data"
-
-
-def png_bytes(array: np.ndarray, palette: list[int] | None = None) -> bytes:
-    im = Image.fromarray(array)
-    if palette is not None:
-        im.putpalette(palette)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def save(path: Path, data: bytes) -> Path:

@@ -219,7 +219,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
                     save_model(model, out / "best")
                 for r in results:
                     console.log(f"step {step} {Path(r['data']).name}: {_describe(r)}")
-    (out / "best" / CONFIG_FILE).exists() or save_model(model, out / "best")
+    if not (out / "best" / CONFIG_FILE).exists():  # a resumed run that validated nothing new
+        save_model(model, out / "best")
     return out
 
 
