@@ -26,6 +26,7 @@ from spnrefine.io import (
     write_atomic,
 )
 from spnrefine.model import SPNRefiner
+from spnrefine.model.fast import fold_batchnorm
 from spnrefine.post import (
     encode_output,
     encode_overlay_of,
@@ -136,6 +137,8 @@ class Refiner:
             raise SpnrefineError(f"--max-pixels {max_pixels}: must be at least 1")
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        # What runs: the same function with batch norms folded into their convolutions.
+        self._inference_model = fold_batchnorm(self.model)
         self.info = info
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.confident, self.max_pixels = confident, max_pixels
@@ -258,7 +261,7 @@ class Refiner:
         if probs.ndim != 3 or probs.shape[1:] != image_rgb.shape[:2]:
             raise ValueError(f"probs {probs.shape} must be C×H×W with H×W = {image_rgb.shape[:2]}")
         return refine_tiled(
-            self.model,
+            self._inference_model,
             image_rgb,
             probs,
             tile=self.tile,

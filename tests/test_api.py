@@ -36,7 +36,7 @@ class IdentityRefiner(Refiner):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = SPNRefiner(ModelConfig(hidden=2, widths=(8, 16), readout=4))
+    model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
     return save_model(model, tmp_path_factory.mktemp("weights"))
 
 

@@ -31,7 +31,7 @@ COFFEE, COFFEE_COARSE = EXAMPLES / "coffee.jpg", EXAMPLES / "coffee_coarse.png"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = SPNRefiner(ModelConfig(hidden=2, widths=(8, 16), readout=4))
+    model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
     return save_model(model, tmp_path_factory.mktemp("weights"))
 
 
@@ -268,7 +268,7 @@ def _flip_last_byte(folder: Path) -> None:
 
 def _other_architecture(folder: Path) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
-    config["hidden"] = 5
+    config["hidden"] = 4
     config["weights_sha256"] = sha256_file(folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(config))
 

@@ -22,7 +22,7 @@ from spnrefine.train.data import (
 )
 from spnrefine.train.loop import TrainConfig, refinement_loss, train
 
-TINY = ModelConfig(hidden=2, widths=(8, 16), readout=8, tile=32)
+TINY = ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=8, tile=32)
 
 
 def make_folder(root, n=6, size=(48, 40), classes=2, seed=0):

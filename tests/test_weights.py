@@ -24,7 +24,9 @@ COMMIT_B = "b" * 40
 
 
 def tiny_model(hidden: int = 2) -> SPNRefiner:
-    return SPNRefiner(ModelConfig(hidden=hidden, widths=(8, 16), readout=4, name="tiny"))
+    return SPNRefiner(
+        ModelConfig(hidden=hidden, gate_groups=1, widths=(8, 16), readout=4, name="tiny")
+    )
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,10 @@ def refine_crf(
     crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
     crf.addPairwiseBilateral(
         # pydensecrf's Cython signature rejects read-only buffers (decoded images are).
-        sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.array(image, order="C", copy=True), compat=bi_w
+        sxy=bi_xy_std,
+        srgb=bi_rgb_std,
+        rgbim=np.array(image, order="C", copy=True),
+        compat=bi_w,
     )
     marginals = np.asarray(crf.inference(iterations), dtype=np.float32)
     return marginals.reshape(c, h, w)

@@ -12,14 +12,31 @@ from pathlib import Path
 class ModelConfig:
     """Everything needed to rebuild a refiner before its weights are loaded."""
 
-    hidden: int = 8  # propagated channels per class; each has its own gate set
-    widths: tuple[int, ...] = (16, 32, 48, 64)  # guidance U-Net widths, one per scale
+    hidden: int = 8  # propagated channels per class
+    gate_groups: int = 4  # gate sets; hidden channel j uses set j % gate_groups
+    guidance: str = "light"  # guidance net shape: "light" or "unet" (see GuidanceNet)
+    widths: tuple[int, ...] = (12, 24, 32, 48)  # guidance widths, one per scale, full res first
     mode: str = "three_way"
     merge: str = "learned"  # "max" (paper) or "learned" (1×1 conv over the four directions)
     readout: int = 16  # width of the per-class readout MLP
     tile: int = 128
     name: str = "spnrefine"
     extra: dict = field(default_factory=dict)  # free-form provenance (data, recipe)
+
+    def check(self) -> None:
+        """Raise ValueError for settings no refiner can be built from."""
+        if self.hidden < 1 or self.gate_groups < 1 or self.hidden % self.gate_groups:
+            raise ValueError(
+                f"gate_groups {self.gate_groups} must be at least 1 and divide hidden {self.hidden}"
+            )
+        if self.guidance not in ("light", "unet"):
+            raise ValueError(f"unknown guidance {self.guidance!r}; expected 'light' or 'unet'")
+        if self.merge not in ("learned", "max"):
+            raise ValueError(f"unknown merge {self.merge!r}; expected 'learned' or 'max'")
+        if self.mode not in ("three_way", "one_way"):
+            raise ValueError(f"unknown mode {self.mode!r}; expected 'three_way' or 'one_way'")
+        if len(self.widths) < 2 or min(self.widths) < 1:
+            raise ValueError(f"widths {self.widths}: need at least two positive widths")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -33,7 +50,9 @@ class ModelConfig:
         data = dict(data)
         if "widths" in data:
             data["widths"] = tuple(data["widths"])
-        return cls(**data)
+        config = cls(**data)
+        config.check()
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:

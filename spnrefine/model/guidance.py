@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spnrefine.model.fast import normalize_gates_inplace
 from spnrefine.propagation import normalize_gates
 
 # Class-agnostic cues the guidance net sees besides RGB: confidence and margin of the coarse map.
@@ -34,24 +35,68 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class GuidanceNet(nn.Module):
-    """RGB + cues at tile resolution → normalised gates B×hidden×4×3×H×W at the same resolution."""
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ELU(inplace=True),
+    )
 
-    def __init__(self, hidden: int, widths: tuple[int, ...], mode: str = "three_way"):
+
+def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class GuidanceNet(nn.Module):
+    """RGB + cues at tile resolution → normalised gates B×groups×4×3×H×W at the same resolution.
+
+    Two shapes (``arch``):
+
+    - ``"light"`` (default): one convolution at full resolution (``widths[0]`` channels, the
+      edges), an encoder of strided convolutions at ½, ¼, ⅛ (``widths[1:]``), a decoder that
+      comes back up with skips, and one full-resolution fusion of the decoder with the edge
+      features before the gate head. Most of the work runs at ½ resolution or below.
+    - ``"unet"``: a classic U-Net with two convolutions per scale at every scale, full
+      resolution included: about twice the cost per tile.
+    """
+
+    def __init__(
+        self,
+        groups: int,
+        widths: tuple[int, ...],
+        mode: str = "three_way",
+        arch: str = "light",
+    ):
         super().__init__()
-        self.hidden = hidden
+        if arch not in ("light", "unet"):
+            raise ValueError(f"unknown guidance arch {arch!r}; expected 'light' or 'unet'")
+        if len(widths) < 2:
+            raise ValueError(f"guidance widths need at least two scales, got {widths}")
+        self.groups = groups
         self.mode = mode
+        self.arch = arch
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
-        self.down = nn.ModuleList()
         cin = 3 + NUM_CUES
-        for width in widths:
-            self.down.append(_block(cin, width))
-            cin = width
+        self.down = nn.ModuleList()
         self.up = nn.ModuleList()
-        for skip, width in zip(reversed(widths[:-1]), reversed(widths[1:]), strict=True):
-            self.up.append(_block(width + skip, skip))
-        self.head = nn.Conv2d(widths[0], hidden * 4 * 3, 1)
+        if arch == "unet":
+            for width in widths:
+                self.down.append(_block(cin, width))
+                cin = width
+            for skip, width in zip(reversed(widths[:-1]), reversed(widths[1:]), strict=True):
+                self.up.append(_block(width + skip, skip))
+            head_in = widths[0]
+        else:
+            self.down.append(_conv(cin, widths[0]))
+            for prev, width in zip(widths[:-1], widths[1:], strict=True):
+                self.down.append(nn.Sequential(_conv(prev, width, stride=2), _conv(width, width)))
+            for skip, width in zip(reversed(widths[1:-1]), reversed(widths[2:]), strict=True):
+                self.up.append(_conv(width + skip, skip))
+            # Full resolution: decoder context + edge features → the gate features.
+            head_in = widths[0] + 4
+            self.up.append(_conv(widths[1] + widths[0], head_in))
+        self.head = nn.Conv2d(head_in, groups * 4 * 3, 1)
         # Start near "no propagation" so early training does not smear the coarse map.
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
@@ -61,13 +106,16 @@ class GuidanceNet(nn.Module):
         x = torch.cat([(image - self.mean) / self.std, cues], 1)
         skips = []
         for i, block in enumerate(self.down):
-            if i:
+            if i and self.arch == "unet":
                 x = F.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], 1))
+            x = block(torch.cat([_upsample(x, skip), skip], 1))
         raw = self.head(x)
         b, _, h, w = raw.shape
-        return normalize_gates(raw.view(b, self.hidden, 4, 3, h, w), self.mode)
+        raw = raw.view(b, self.groups, 4, 3, h, w)
+        fast = not torch.is_grad_enabled() and raw.device.type == "cpu"
+        if fast and self.mode == "three_way" and raw.dtype == torch.float32:
+            return normalize_gates_inplace(raw)  # raw is this call's own tensor
+        return normalize_gates(raw, self.mode)

@@ -13,10 +13,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from spnrefine.model.config import ModelConfig
+from spnrefine.model.fast import fused_tail
 from spnrefine.model.guidance import GuidanceNet, coarse_cues
 from spnrefine.propagation import DIRECTIONS, propagate
 
 _LOG_EPS = 1e-4
+
+
+def _fast(t: torch.Tensor) -> bool:
+    """Use the fused CPU kernels: inference (no autograd) on float32 CPU tensors."""
+    return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
 
 
 class SPNRefiner(nn.Module):
@@ -25,14 +31,15 @@ class SPNRefiner(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config or ModelConfig()
-        k = self.config.hidden
-        self.guidance = GuidanceNet(k, self.config.widths, self.config.mode)
+        self.config.check()
+        k, groups = self.config.hidden, self.config.gate_groups
+        self.guidance = GuidanceNet(
+            groups, self.config.widths, self.config.mode, self.config.guidance
+        )
         # Per-class embedding (shared by all classes): probability and log-probability.
         self.embed = nn.Conv2d(2, k, 3, padding=1)
         if self.config.merge == "learned":
             self.merge = nn.Conv2d(len(DIRECTIONS) * k, k, 1)
-        elif self.config.merge != "max":
-            raise ValueError(f"unknown merge {self.config.merge!r}; expected 'max' or 'learned'")
         self.readout = nn.Sequential(
             nn.Conv2d(k + 2, self.config.readout, 1),
             nn.ELU(inplace=True),
@@ -53,9 +60,11 @@ class SPNRefiner(nn.Module):
         k = self.config.hidden
         per_class = probs.reshape(b * c, 1, h, w)
         cue = torch.cat([per_class, torch.log(per_class.clamp_min(_LOG_EPS))], 1)
-        hidden = self.embed(cue).view(b, c * k, h, w)  # channel (class, j) uses gate group j
+        hidden = self.embed(cue).view(b, c * k, h, w)  # channel (class, j) uses gate set j % G
         merge = "max" if self.config.merge == "max" else None
         out = propagate(hidden, gates, self.config.mode, DIRECTIONS, merge, backend=backend)
+        if merge is None and _fast(out):
+            return fused_tail(out, cue, self.merge, self.readout)
         if merge is None:  # B×D×(C·k)×H×W → (B·C)×(D·k)×H×W for the learned merge
             d = out.shape[1]
             out = out.view(b, d, c, k, h, w).transpose(1, 2).reshape(b * c, d * k, h, w)

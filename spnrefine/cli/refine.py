@@ -1,159 +1,42 @@
-"""The ``spnrefine`` command line: thin Typer commands over the Python API."""
+"""`spnrefine refine`, `spnrefine batch` and `spnrefine weights`."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from spnrefine.cli.common import (
+    BatchSizeOption,
+    BitsOption,
+    CoarseTypeOption,
+    DeviceOption,
+    JsonOption,
+    LogitsOption,
+    MaxPixelsOption,
+    OverlapOption,
+    OverwriteOption,
+    QuietOption,
+    SoftOption,
+    StretchOption,
+    TileOption,
+    WeightsOption,
+    app,
+    fail,
+    make_folder,
+    stderr_console,
+)
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from spnrefine.batch import PairReport
-
-app = typer.Typer(
-    name="spnrefine",
-    help="Refine coarse segmentation masks with Spatial Propagation Networks.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def stderr_console(quiet: bool = False) -> Console:
-    """Logs go to stderr; NO_COLOR turns colour, and every other escape code, off."""
-    plain = "NO_COLOR" in os.environ
-    return Console(stderr=True, quiet=quiet, no_color=plain, color_system=None if plain else "auto")
-
-
-def fail(err: Exception | str, console: Console | None = None) -> typer.Exit:
-    """Print ``err`` as one line on stderr and return the exit to raise."""
-    # Escaped: paths and messages may hold [brackets] that rich would read as markup.
-    line = f"[bold red]error:[/] {escape(str(err))}"
-    (console or stderr_console()).print(line, highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-@app.command()
-def train(
-    data: Annotated[
-        list[Path], typer.Argument(help="Data folders, each with images/ and masks/ (+ coarse/).")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints.")] = Path(
-        "runs/spnrefine"
-    ),
-    steps: Annotated[int, typer.Option(help="Optimisation steps in all.")] = 3000,
-    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 250,
-    batch_size: Annotated[int, typer.Option(help="128×128 patches per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Seed for the split, the patches and the init.")] = 0,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of groups held out when a folder has no splits.txt.")
-    ] = 0.2,
-    val_patches: Annotated[int, typer.Option(help="Validation patches per data folder.")] = 64,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            help="Fine-tune: start from these weights (folder, .safetensors, hf-hub:owner/name)."
-        ),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
-    until: Annotated[
-        int | None, typer.Option(help="Stop after this step; --resume goes on later.")
-    ] = None,
-    hidden: Annotated[int, typer.Option(help="Propagated channels per class.")] = 8,
-    mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",
-    merge: Annotated[str, typer.Option(help="learned or max.")] = "learned",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-) -> None:
-    """Train a refiner on your own data (or fine-tune one with --init)."""
-    import torch
-
-    from spnrefine.model import ModelConfig
-    from spnrefine.train.loop import TrainConfig
-    from spnrefine.train.loop import train as run_training
-
-    console = stderr_console()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = TrainConfig(
-        data=[str(d) for d in data],
-        out=str(out),
-        steps=steps,
-        val_every=val_every,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_fraction=val_fraction,
-        val_patches=val_patches,
-        init=init,
-        until=until,
-        device=device,
-        model=ModelConfig(hidden=hidden, mode=mode, merge=merge),
-    )
-    try:
-        folder = run_training(config, resume=resume, console=console)
-    except SpnrefineError as err:
-        raise fail(err, console) from None
-    console.print(f"model written to {folder} (best on validation: {folder / 'best'})")
-
-
-# Options shared by `refine` and `batch`; each is a keyword of the Python API of the same name.
-WeightsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--weights",
-        "-w",
-        help="A folder or .safetensors file, hf-hub:owner/name\\[@revision], or 'default' "
-        "(the bundled weights). Default: $SPNREFINE_WEIGHTS, else the bundled weights.",
-        show_default=False,
-    ),
-]
-DeviceOption = Annotated[
-    Literal["auto", "cpu", "cuda"],
-    typer.Option(help="auto: the GPU (Numba CUDA kernel) when there is one, else the CPU."),
-]
-TileOption = Annotated[int, typer.Option(help="Tile size in pixels (a multiple of 8).")]
-OverlapOption = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, blended.")]
-BatchSizeOption = Annotated[int, typer.Option(help="Tiles per model call.")]
-CoarseTypeOption = Annotated[
-    Literal["auto", "labels", "prob"],
-    typer.Option(
-        help="How to read an 8-bit single-channel PNG: class ids, a probability, or auto "
-        "(0/255 or 0/1 is a mask; few values with step edges are ids; else a probability; "
-        "see docs/coarse-formats.md)."
-    ),
-]
-LogitsOption = Annotated[
-    bool, typer.Option(help="A .npy/.npz coarse map holds logits (sigmoid / softmax applied).")
-]
-StretchOption = Annotated[
-    bool,
-    typer.Option(help="The coarse map covers the image at another aspect ratio: stretch it."),
-]
-SoftOption = Annotated[
-    bool,
-    typer.Option(
-        help="Write probabilities: a PNG of the foreground for one class, a C×H×W .npy for several."
-    ),
-]
-BitsOption = Annotated[Literal[8, 16], typer.Option(help="Bit depth of a --soft PNG.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.")]
-MaxPixelsOption = Annotated[
-    int, typer.Option(help="Refuse larger inputs (decompression-bomb guard).")
-]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines.")]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
-]
 
 
 @app.command()
@@ -301,7 +184,7 @@ def batch(
         if report is not None:
             check_output(report, inputs, overwrite=True)
         if any(pair.name_out for pair in pairs):
-            _make_folder(out_dir)
+            make_folder(out_dir)
         refiner = Refiner.load(
             weights,
             device=device,
@@ -375,16 +258,3 @@ def _tell(
             highlight=False,
             soft_wrap=True,
         )
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SpnrefineError(
-            f"cannot create the output folder: {err.strerror or err}", folder
-        ) from None
-
-
-def main() -> None:
-    app()

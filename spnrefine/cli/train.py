@@ -1,0 +1,103 @@
+"""`spnrefine train`: train or fine-tune a refiner on your own data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spnrefine.cli.common import app, fail, stderr_console
+from spnrefine.errors import SpnrefineError
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise typer.BadParameter(f"{text!r}: expected at least two positive widths")
+    return widths
+
+
+@app.command()
+def train(
+    data: Annotated[
+        list[Path], typer.Argument(help="Data folders, each with images/ and masks/ (+ coarse/).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints.")] = Path(
+        "runs/spnrefine"
+    ),
+    steps: Annotated[int, typer.Option(help="Optimisation steps in all.")] = 3000,
+    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 250,
+    batch_size: Annotated[int, typer.Option(help="128×128 patches per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Seed for the split, the patches and the init.")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of groups held out when a folder has no splits.txt.")
+    ] = 0.2,
+    val_patches: Annotated[int, typer.Option(help="Validation patches per data folder.")] = 64,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from these weights (folder, .safetensors, hf-hub:owner/name)."
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    until: Annotated[
+        int | None, typer.Option(help="Stop after this step; --resume goes on later.")
+    ] = None,
+    hidden: Annotated[int, typer.Option(help="Propagated channels per class.")] = 8,
+    gate_groups: Annotated[
+        int, typer.Option(help="Gate sets predicted per pixel (must divide --hidden).")
+    ] = 4,
+    guidance: Annotated[str, typer.Option(help="Guidance net shape: light or unet.")] = "light",
+    widths: Annotated[
+        str, typer.Option(help="Guidance widths per scale, full resolution first.")
+    ] = "12,24,32,48",
+    mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",
+    merge: Annotated[str, typer.Option(help="learned or max.")] = "learned",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a refiner on your own data (or fine-tune one with --init)."""
+    import torch
+
+    from spnrefine.model import ModelConfig
+    from spnrefine.train.loop import TrainConfig
+    from spnrefine.train.loop import train as run_training
+
+    console = stderr_console()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = TrainConfig(
+        data=[str(d) for d in data],
+        out=str(out),
+        steps=steps,
+        val_every=val_every,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_fraction=val_fraction,
+        val_patches=val_patches,
+        init=init,
+        until=until,
+        device=device,
+        model=ModelConfig(
+            hidden=hidden,
+            gate_groups=gate_groups,
+            guidance=guidance,
+            widths=parse_widths(widths),
+            mode=mode,
+            merge=merge,
+        ),
+    )
+    try:
+        config.model.check()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    try:
+        folder = run_training(config, resume=resume, console=console)
+    except SpnrefineError as err:
+        raise fail(err, console) from None
+    console.print(f"model written to {folder} (best on validation: {folder / 'best'})")
