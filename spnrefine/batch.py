@@ -225,6 +225,15 @@ def run_batch(
 ) -> Iterator[PairReport]:
     """Refine the pairs in order, yielding each report as it is made; a progress bar with ETA
     goes to `console` (stderr) unless it is None or quiet."""
+    reports = (refine_pair(refiner, pair, options) for pair in pairs)
+    yield from with_progress(reports, len(pairs), console)
+
+
+def with_progress(
+    reports: Iterable[PairReport], total: int, console: Console | None
+) -> Iterator[PairReport]:
+    """Pass `reports` through, advancing a progress bar with ETA on `console` (stderr) for each;
+    none when `console` is None or quiet. Every batch runner shows the same bar."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -239,9 +248,8 @@ def run_batch(
         *columns, console=console, disable=not show, redirect_stdout=False, redirect_stderr=False
     )
     with progress:
-        task = progress.add_task("refining", total=len(pairs))
-        for pair in pairs:
-            report = refine_pair(refiner, pair, options)
+        task = progress.add_task("refining", total=total)
+        for report in reports:
             progress.advance(task)
             yield report
 
