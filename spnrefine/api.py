@@ -1,5 +1,6 @@
 """The Python API, `Refiner.load(weights).refine(image, coarse)`: the data path from decoded
-inputs to refined labels, and to written files, with the names the CLI uses."""
+inputs to refined labels, and to written files, with the names the CLI uses. The same path
+runs the baselines (`method="bilinear"`, `"guided"`, `"crf"`) in place of the model."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 
+from spnrefine.baselines import BASELINES, crf_available
+from spnrefine.baselines.crf import MISSING as CRF_MISSING
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import (
     DEFAULT_MAX_PIXELS,
@@ -45,6 +48,8 @@ ImageInput = str | Path | bytes | np.ndarray
 CoarseInput = str | Path | bytes | np.ndarray | CoarseMap
 Output = str | Path | BinaryIO
 Device = Literal["auto", "cpu", "cuda"] | str
+Method = Literal["spn", "bilinear", "guided", "crf"]
+METHODS: tuple[str, ...] = ("spn", *BASELINES)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class RefineResult:
     seconds: float  # decoding through post-processing
     out: str | None = None  # where `Refiner.refine_file` wrote it
     overlay_path: str | None = None
+    method: str = "spn"
 
     @property
     def kind(self) -> str:
@@ -100,6 +106,7 @@ class RefineResult:
         h, w = self.labels.shape
         return {
             "kind": self.coarse.kind,
+            "method": self.method,
             "classes": _present_ids(self.labels),
             "size": [w, h],
             "tiles": self.tiles.total,
@@ -108,12 +115,14 @@ class RefineResult:
 
 
 class Refiner:
-    """A loaded model with its tiling settings; refines any number of images."""
+    """A loaded model with its tiling settings, or a baseline method in the model's place;
+    refines any number of images."""
 
     def __init__(
         self,
-        model: SPNRefiner,
+        model: SPNRefiner | None,
         *,
+        method: Method = "spn",
         info: WeightsInfo | None = None,
         device: Device = "auto",
         tile: int = 128,
@@ -122,7 +131,10 @@ class Refiner:
         confident: float = 0.98,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        depth_factor = 2 ** (len(model.config.widths) - 1)
+        check_method(method)
+        if method == "spn" and model is None:
+            raise ValueError("method 'spn' needs a model")
+        depth_factor = 2 ** (len(model.config.widths) - 1) if model is not None else 1
         if tile < 16 or tile % max(8, depth_factor):
             raise SpnrefineError(
                 f"--tile {tile}: must be a multiple of {max(8, depth_factor)}, at least 16"
@@ -135,10 +147,11 @@ class Refiner:
             raise SpnrefineError(f"confident {confident}: must be in (0.5, 1]")
         if max_pixels < 1:
             raise SpnrefineError(f"--max-pixels {max_pixels}: must be at least 1")
+        self.method = method
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if model is not None else None
         # What runs: the same function with batch norms folded into their convolutions.
-        self._inference_model = fold_batchnorm(self.model)
+        self._inference_model = fold_batchnorm(self.model) if model is not None else None
         self.info = info
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.confident, self.max_pixels = confident, max_pixels
@@ -148,6 +161,7 @@ class Refiner:
         cls,
         weights: str | Path | None = None,
         *,
+        method: Method = "spn",
         device: Device = "auto",
         tile: int = 128,
         overlap: int = 32,
@@ -155,10 +169,13 @@ class Refiner:
         confident: float = 0.98,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Refiner:
-        """Load weights (see `spnrefine.weights.resolve_weights`; None = the default)."""
-        model, info = load_weights(weights)
+        """Load weights (see `spnrefine.weights.resolve_weights`; None = the default). A
+        baseline `method` needs no weights: none are loaded, and `weights` is not read."""
+        check_method(method)
+        model, info = load_weights(weights) if method == "spn" else (None, None)
         return cls(
             model,
+            method=method,
             info=info,
             device=device,
             tile=tile,
@@ -255,11 +272,14 @@ class Refiner:
     def refine_probs(
         self, image_rgb: np.ndarray, probs: np.ndarray, stats: TileStats | None = None
     ) -> np.ndarray:
-        """The model pass alone: C×H×W probabilities at the image's size → refined C×H×W."""
+        """The model pass alone (or the baseline's): C×H×W probabilities at the image's size →
+        refined C×H×W."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8, got {image_rgb.shape} {image_rgb.dtype}")
         if probs.ndim != 3 or probs.shape[1:] != image_rgb.shape[:2]:
             raise ValueError(f"probs {probs.shape} must be C×H×W with H×W = {image_rgb.shape[:2]}")
+        if self.method != "spn":
+            return BASELINES[self.method](image_rgb, probs)
         return refine_tiled(
             self._inference_model,
             image_rgb,
@@ -284,7 +304,13 @@ class Refiner:
         )
         labels = to_labels(refined, coarse, ignore)
         return RefineResult(
-            image_rgb, coarse, refined, labels, stats, time.perf_counter() - started
+            image_rgb,
+            coarse,
+            refined,
+            labels,
+            stats,
+            time.perf_counter() - started,
+            method=self.method,
         )
 
     def _read_image(self, image: ImageInput) -> np.ndarray:
@@ -320,6 +346,14 @@ class Refiner:
             image_hw=image_hw,
             max_pixels=self.max_pixels,
         )
+
+
+def check_method(method: str) -> None:
+    """Refuse an unknown method, and the CRF where pydensecrf is not installed."""
+    if method not in METHODS:
+        raise SpnrefineError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    if method == "crf" and not crf_available():
+        raise SpnrefineError(f"--method crf {CRF_MISSING}")
 
 
 def pick_device(device: Device) -> torch.device:

@@ -1,10 +1,12 @@
-"""Refiners we compare against: (C×H×W probabilities, RGB image) → refined C×H×W probabilities."""
+"""Refiners we compare against: (RGB image, C×H×W probabilities) → refined C×H×W probabilities."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from spnrefine.baselines.crf import refine_crf
+from spnrefine.baselines.crf import crf_available, refine_crf
 from spnrefine.baselines.guided import guided_filter, refine_guided
 
 
@@ -13,4 +15,18 @@ def refine_bilinear(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs, dtype=np.float32).copy()
 
 
-__all__ = ["guided_filter", "refine_bilinear", "refine_crf", "refine_guided"]
+BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "bilinear": refine_bilinear,
+    "guided": refine_guided,
+    "crf": refine_crf,
+}
+"""The baselines by the name `--method` gives them, each with its default settings."""
+
+__all__ = [
+    "BASELINES",
+    "crf_available",
+    "guided_filter",
+    "refine_bilinear",
+    "refine_crf",
+    "refine_guided",
+]

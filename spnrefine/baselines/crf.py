@@ -15,6 +15,16 @@ DEFAULT_POS_XY_STD = 3.0
 DEFAULT_BI_W = 4.0
 DEFAULT_BI_XY_STD = 67.0
 DEFAULT_BI_RGB_STD = 3.0
+MISSING = "needs pydensecrf: pip install 'spnrefine[crf]'"
+
+
+def crf_available() -> bool:
+    """True when pydensecrf imports (it is the optional `crf` extra)."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def refine_crf(
@@ -36,7 +46,7 @@ def refine_crf(
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as exc:
-        raise SpnrefineError("dense CRF needs pydensecrf: pip install 'spnrefine[crf]'") from exc
+        raise SpnrefineError(f"dense CRF {MISSING}") from exc
     image = np.asarray(image)
     probs = np.asarray(probs, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -59,6 +59,14 @@ DeviceOption = Annotated[
     Literal["auto", "cpu", "cuda"],
     typer.Option(help="auto: the GPU (Numba CUDA kernel) when there is one, else the CPU."),
 ]
+MethodOption = Annotated[
+    Literal["spn", "bilinear", "guided", "crf"],
+    typer.Option(
+        help="spn: the model. Baselines, for comparison (no weights loaded): bilinear "
+        "(the upsampled coarse map), guided (guided filter, the image as guide), crf (dense "
+        "CRF; needs pip install 'spnrefine\\[crf]')."
+    ),
+]
 TileOption = Annotated[int, typer.Option(help="Tile size in pixels (a multiple of 8).")]
 OverlapOption = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, blended.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Tiles per model call.")]

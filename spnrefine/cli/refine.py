@@ -20,6 +20,7 @@ from spnrefine.cli.common import (
     JsonOption,
     LogitsOption,
     MaxPixelsOption,
+    MethodOption,
     OverlapOption,
     OverwriteOption,
     QuietOption,
@@ -60,6 +61,7 @@ def refine(
         typer.Option(help="Also write the refined mask drawn over the image (.png or .jpg)."),
     ] = None,
     weights: WeightsOption = None,
+    method: MethodOption = "spn",
     device: DeviceOption = "auto",
     tile: TileOption = 128,
     overlap: OverlapOption = 32,
@@ -99,6 +101,7 @@ def refine(
             check_output(overlay, [image, coarse], overwrite=overwrite)
         refiner = Refiner.load(
             weights,
+            method=method,
             device=device,
             tile=tile,
             overlap=overlap,
@@ -146,6 +149,7 @@ def batch(
         typer.Option(help="Write a JSON report: every pair with status, time and error."),
     ] = None,
     weights: WeightsOption = None,
+    method: MethodOption = "spn",
     device: DeviceOption = "auto",
     tile: TileOption = 128,
     overlap: OverlapOption = 32,
@@ -162,13 +166,14 @@ def batch(
 ) -> None:
     """Refine every image in a folder (or every pair listed with --from), resuming where a
     previous run stopped. Exits 1 when any pair failed."""
-    from spnrefine.api import Refiner
+    from spnrefine.api import Refiner, check_method
     from spnrefine.batch import PairOptions, find_pairs, read_pair_lines, run_batch, write_report
     from spnrefine.io import check_output
     from spnrefine.io.images import read_source
 
     console = stderr_console(quiet)
     try:
+        check_method(method)  # before the output folder is made
         if (folder is None) == (from_ is None):
             raise SpnrefineError("give a folder or --from FILE, one of the two")
         if folder is not None:
@@ -187,6 +192,7 @@ def batch(
             make_folder(out_dir)
         refiner = Refiner.load(
             weights,
+            method=method,
             device=device,
             tile=tile,
             overlap=overlap,
@@ -251,9 +257,13 @@ def _tell(
         fail(report.error, console if not console.quiet else None)
     elif report.status == "ok" and not progress_only and report.out is not None:
         w, h = report.details["size"]
+        how = (
+            f"{report.details['tiles_refined']}/{report.details['tiles']} tiles refined"
+            if report.details["method"] == "spn"
+            else f"method {report.details['method']}"
+        )
         console.print(
-            f"wrote {escape(report.out)} ({w}x{h} {report.details['kind']}, "
-            f"{report.details['tiles_refined']}/{report.details['tiles']} tiles refined, "
+            f"wrote {escape(report.out)} ({w}x{h} {report.details['kind']}, {how}, "
             f"{report.seconds:.1f} s)",
             highlight=False,
             soft_wrap=True,
