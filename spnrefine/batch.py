@@ -24,11 +24,9 @@ from rich.progress import (
 from spnrefine.api import Refiner
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import CoarseMap, CoarseType, write_atomic
+from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
 from spnrefine.post import is_foreground_map
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
-COARSE_EXTENSIONS = (".png", ".npy", ".npz", ".tif", ".tiff")
-COARSE_SUFFIXES = ("_coarse", "_seg", "_mask")
 OUTPUT_SUFFIXES = (".png", ".npy")
 Status = Literal["ok", "skipped", "failed"]
 
