@@ -36,7 +36,7 @@ def _inputs(batch: int, classes: int, size: int = 32) -> tuple[torch.Tensor, tor
     "config",
     [
         ModelConfig(),
-        ModelConfig(guidance="unet", gate_groups=8, widths=(8, 16, 24)),
+        ModelConfig(guidance="unet", gate_groups=8, widths=(8, 16, 24), activation="elu"),
         ModelConfig(hidden=4, gate_groups=1, widths=(8, 16), readout=6),
     ],
     ids=["light", "unet", "small"],

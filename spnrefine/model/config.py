@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ACTIVATIONS = ("relu", "elu")
+
 
 @dataclass
 class ModelConfig:
@@ -19,6 +21,7 @@ class ModelConfig:
     mode: str = "three_way"
     merge: str = "learned"  # "max" (paper) or "learned" (1×1 conv over the four directions)
     readout: int = 16  # width of the per-class readout MLP
+    activation: str = "relu"  # "relu" or "elu", in the guidance net and the per-class tail
     tile: int = 128
     name: str = "spnrefine"
     extra: dict = field(default_factory=dict)  # free-form provenance (data, recipe)
@@ -35,6 +38,8 @@ class ModelConfig:
             raise ValueError(f"unknown merge {self.merge!r}; expected 'learned' or 'max'")
         if self.mode not in ("three_way", "one_way"):
             raise ValueError(f"unknown mode {self.mode!r}; expected 'three_way' or 'one_way'")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected relu or elu")
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"widths {self.widths}: need at least two positive widths")
 

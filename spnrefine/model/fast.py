@@ -42,13 +42,15 @@ def normalize_gates_inplace(raw: torch.Tensor) -> torch.Tensor:
 
 
 @njit(inline="always")
-def _elu(v):
-    return v if v > 0.0 else math.expm1(v)
+def _act(v, elu):
+    if v > 0.0:
+        return v
+    return math.expm1(v) if elu else 0.0
 
 
 @njit(parallel=True, cache=True)
-def _tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, logits):
-    """Per class and pixel: ELU(merge of the four directions) → readout MLP → one logit.
+def _tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, elu, logits):
+    """Per class and pixel: act(merge of the four directions) → readout MLP → one logit.
 
     out: B×D×(C·k)×H×W propagated channels; cue: (B·C)×2×H×W; merge_w: k×(D·k) with input
     index d·k + j; w1: R×(k+2); w2: R; logits: B×C×H×W. One work item is one row of one class;
@@ -75,7 +77,7 @@ def _tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, logits):
                     for x in range(w):
                         acc[x] += weight * src[x]
             for x in range(w):
-                acc[x] = _elu(acc[x])
+                acc[x] = _act(acc[x], elu)
         merged[k] = cue[b * c_n + c, 0, y]
         merged[k + 1] = cue[b * c_n + c, 1, y]
         row[:] = b2
@@ -87,11 +89,15 @@ def _tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, logits):
                 for x in range(w):
                     hidden[x] += weight * src[x]
             for x in range(w):
-                row[x] += w2[r] * _elu(hidden[x])
+                row[x] += w2[r] * _act(hidden[x], elu)
 
 
 def fused_tail(
-    out: torch.Tensor, cue: torch.Tensor, merge: nn.Conv2d, readout: nn.Sequential
+    out: torch.Tensor,
+    cue: torch.Tensor,
+    merge: nn.Conv2d,
+    readout: nn.Sequential,
+    activation: str = "relu",
 ) -> torch.Tensor:
     """The learned merge and the readout of ``SPNRefiner`` in one pass → logits B×C×H×W."""
     b, d, ck, h, w = out.shape
@@ -111,6 +117,7 @@ def fused_tail(
         arr(first.bias),
         arr(last.weight.view(-1)),
         np.float32(last.bias.item()),
+        activation == "elu",
         logits,
     )
     return torch.from_numpy(logits)

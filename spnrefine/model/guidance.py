@@ -24,22 +24,26 @@ def coarse_cues(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([top[:, 0], top[:, 0] - top[:, 1]], 1)
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def activation(name: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if name == "relu" else nn.ELU(inplace=True)
+
+
+def _block(cin: int, cout: int, act: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ELU(inplace=True),
+        activation(act),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ELU(inplace=True),
+        activation(act),
     )
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _conv(cin: int, cout: int, act: str, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ELU(inplace=True),
+        activation(act),
     )
 
 
@@ -66,6 +70,7 @@ class GuidanceNet(nn.Module):
         widths: tuple[int, ...],
         mode: str = "three_way",
         arch: str = "light",
+        act: str = "relu",
     ):
         super().__init__()
         if arch not in ("light", "unet"):
@@ -82,20 +87,22 @@ class GuidanceNet(nn.Module):
         self.up = nn.ModuleList()
         if arch == "unet":
             for width in widths:
-                self.down.append(_block(cin, width))
+                self.down.append(_block(cin, width, act))
                 cin = width
             for skip, width in zip(reversed(widths[:-1]), reversed(widths[1:]), strict=True):
-                self.up.append(_block(width + skip, skip))
+                self.up.append(_block(width + skip, skip, act))
             head_in = widths[0]
         else:
-            self.down.append(_conv(cin, widths[0]))
+            self.down.append(_conv(cin, widths[0], act))
             for prev, width in zip(widths[:-1], widths[1:], strict=True):
-                self.down.append(nn.Sequential(_conv(prev, width, stride=2), _conv(width, width)))
+                self.down.append(
+                    nn.Sequential(_conv(prev, width, act, 2), _conv(width, width, act))
+                )
             for skip, width in zip(reversed(widths[1:-1]), reversed(widths[2:]), strict=True):
-                self.up.append(_conv(width + skip, skip))
+                self.up.append(_conv(width + skip, skip, act))
             # Full resolution: decoder context + edge features → the gate features.
             head_in = widths[0] + 4
-            self.up.append(_conv(widths[1] + widths[0], head_in))
+            self.up.append(_conv(widths[1] + widths[0], head_in, act))
         self.head = nn.Conv2d(head_in, groups * 4 * 3, 1)
         # Start near "no propagation" so early training does not smear the coarse map.
         nn.init.normal_(self.head.weight, std=1e-3)
@@ -104,6 +111,9 @@ class GuidanceNet(nn.Module):
     def forward(self, image: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
         """image: B×3×H×W in [0, 1]; cues: B×NUM_CUES×H×W. H and W must divide by 2^(depth-1)."""
         x = torch.cat([(image - self.mean) / self.std, cues], 1)
+        fast = not torch.is_grad_enabled() and x.device.type == "cpu"
+        if fast:  # oneDNN's convolutions for few channels run faster on channels-last tensors
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for i, block in enumerate(self.down):
             if i and self.arch == "unet":
@@ -112,10 +122,9 @@ class GuidanceNet(nn.Module):
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = block(torch.cat([_upsample(x, skip), skip], 1))
-        raw = self.head(x)
+        raw = self.head(x).contiguous()
         b, _, h, w = raw.shape
         raw = raw.view(b, self.groups, 4, 3, h, w)
-        fast = not torch.is_grad_enabled() and raw.device.type == "cpu"
         if fast and self.mode == "three_way" and raw.dtype == torch.float32:
             return normalize_gates_inplace(raw)  # raw is this call's own tensor
         return normalize_gates(raw, self.mode)

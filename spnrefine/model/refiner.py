@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from spnrefine.model.config import ModelConfig
 from spnrefine.model.fast import fused_tail
-from spnrefine.model.guidance import GuidanceNet, coarse_cues
+from spnrefine.model.guidance import GuidanceNet, activation, coarse_cues
 from spnrefine.propagation import DIRECTIONS, propagate
 
 _LOG_EPS = 1e-4
@@ -34,7 +33,11 @@ class SPNRefiner(nn.Module):
         self.config.check()
         k, groups = self.config.hidden, self.config.gate_groups
         self.guidance = GuidanceNet(
-            groups, self.config.widths, self.config.mode, self.config.guidance
+            groups,
+            self.config.widths,
+            self.config.mode,
+            self.config.guidance,
+            self.config.activation,
         )
         # Per-class embedding (shared by all classes): probability and log-probability.
         self.embed = nn.Conv2d(2, k, 3, padding=1)
@@ -42,7 +45,7 @@ class SPNRefiner(nn.Module):
             self.merge = nn.Conv2d(len(DIRECTIONS) * k, k, 1)
         self.readout = nn.Sequential(
             nn.Conv2d(k + 2, self.config.readout, 1),
-            nn.ELU(inplace=True),
+            activation(self.config.activation),
             nn.Conv2d(self.config.readout, 1, 1),
         )
 
@@ -64,11 +67,11 @@ class SPNRefiner(nn.Module):
         merge = "max" if self.config.merge == "max" else None
         out = propagate(hidden, gates, self.config.mode, DIRECTIONS, merge, backend=backend)
         if merge is None and _fast(out):
-            return fused_tail(out, cue, self.merge, self.readout)
+            return fused_tail(out, cue, self.merge, self.readout, self.config.activation)
         if merge is None:  # B×D×(C·k)×H×W → (B·C)×(D·k)×H×W for the learned merge
             d = out.shape[1]
             out = out.view(b, d, c, k, h, w).transpose(1, 2).reshape(b * c, d * k, h, w)
-            out = F.elu(self.merge(out))
+            out = self.readout[1](self.merge(out))  # the same activation as the readout
         else:
             out = out.view(b * c, k, h, w)
         logits = self.readout(torch.cat([out, cue], 1))
