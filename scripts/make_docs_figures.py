@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples"
 IMG = REPO / "docs" / "img"
+WORK = REPO / "runs" / "docs-figures"
 FACTOR = 8  # coarse maps made from ground truth: area-downsampled by this factor
 JPEG_QUALITY = 85
 FIGURE_WIDTH = 1200
@@ -363,7 +364,7 @@ def make_coarse(case: Case, work: Path) -> Path:
     size = (max(1, round(w / FACTOR)), max(1, round(h / FACTOR)))
     if not same_aspect(size[::-1], (h, w)):
         raise SystemExit(f"{case.gt}: {size} is not the image's aspect ratio")
-    out = work / f"{case.name}_coarse.png"
+    out = coarse_path(case, work)
     if not case.camvid:
         fg = cv2.resize((gt > 127).astype(np.float32), size, interpolation=cv2.INTER_AREA)
         Image.fromarray((fg * 255).round().astype(np.uint8)).save(out)
@@ -380,8 +381,13 @@ def make_coarse(case: Case, work: Path) -> Path:
     return out
 
 
-def refine_command(case: Case, coarse: Path, work: Path, weights: str | None) -> list[str]:
-    args = ["refine", show(case.image), show(coarse)]
+def coarse_path(case: Case, work: Path) -> Path:
+    return case.coarse if case.coarse is not None else work / f"{case.name}_coarse.png"
+
+
+def refine_command(case: Case, work: Path, weights: str | None = None) -> list[str]:
+    """The `spnrefine` arguments that make the refined mask and overlay of ``case``."""
+    args = ["refine", show(case.image), show(coarse_path(case, work))]
     args += ["-o", show(work / f"{case.name}_refined.png")]
     args += ["--overlay", show(work / f"{case.name}_overlay.png")]
     args += case.args
@@ -390,8 +396,12 @@ def refine_command(case: Case, coarse: Path, work: Path, weights: str | None) ->
     return args + ["--overwrite"]
 
 
+def command_text(args: list[str]) -> str:
+    return "spnrefine " + shlex.join(args)
+
+
 def run_cli(args: list[str]) -> None:
-    print("$ spnrefine " + shlex.join(args))
+    print("$ " + command_text(args))
     result = CliRunner().invoke(app, args, env={"NO_COLOR": "1"}, catch_exceptions=False)
     sys.stderr.write(result.output)
     if result.exit_code != 0:
@@ -412,14 +422,14 @@ def _zoom_box(changed: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def results_figure(case: Case, work: Path, weights: str | None, path: Path) -> None:
-    coarse_path = case.coarse if case.coarse is not None else make_coarse(case, work)
-    args = refine_command(case, coarse_path, work, weights)
-    run_cli(args)
+    if case.coarse is None:
+        make_coarse(case, work)
+    run_cli(refine_command(case, work, weights))
 
     image = load_image(case.image)
     h, w = image.shape[:2]
     coarse_type = "prob" if "prob" in case.args else "auto"
-    coarse = load_coarse(coarse_path, coarse_type=coarse_type, image_hw=(h, w))
+    coarse = load_coarse(coarse_path(case, work), coarse_type=coarse_type, image_hw=(h, w))
     probs = upsample_probs(coarse.probs, (h, w))
     ignore = upsample_ignore(coarse.ignore, (h, w)) if coarse.ignore is not None else None
     coarse_labels = to_labels(probs, coarse, ignore)
@@ -470,9 +480,7 @@ def results_figure(case: Case, work: Path, weights: str | None, path: Path) -> N
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights to use (default: the bundled model)")
-    parser.add_argument(
-        "--work", type=Path, default=REPO / "runs" / "docs-figures", help="full-size outputs"
-    )
+    parser.add_argument("--work", type=Path, default=WORK, help="full-size outputs")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """The docs stay true: docs/cli.md is what scripts/make_cli_reference.py writes from the CLI
-today, and every page the docs index or README link to exists."""
+today, docs/results.md shows the commands scripts/make_docs_figures.py runs, and every page
+and picture the docs link to exists."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,6 +16,7 @@ DOCS = REPO / "docs"
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -33,6 +36,15 @@ def test_cli_reference_lists_every_command():
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
     for name in typer.main.get_command(app).commands:
         assert f"\n## {name}\n" in text
+
+
+def test_results_page_shows_the_commands_that_make_its_pictures():
+    figures = load_script("make_docs_figures")
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    for case in figures.cases():
+        command = figures.command_text(figures.refine_command(case, figures.WORK))
+        assert command in text, f"docs/results.md lacks: {command}"
+        assert f"(img/results-{case.name}.jpg)" in text
 
 
 def test_relative_links_in_docs_and_readme_resolve():
