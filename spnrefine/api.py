@@ -4,6 +4,7 @@ runs the baselines (`method="bilinear"`, `"guided"`, `"crf"`) in place of the mo
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -312,6 +313,16 @@ class Refiner:
             time.perf_counter() - started,
             method=self.method,
         )
+
+    def to(self, device: Device) -> Refiner:
+        """The same refiner (weights, method, settings) on another device: a worker that was
+        sent the driver's CPU refiner runs it on its own GPU."""
+        moved = copy.copy(self)
+        moved.device = pick_device(device)
+        if self.model is not None:
+            moved.model = copy.deepcopy(self.model).to(moved.device).eval()
+            moved._inference_model = fold_batchnorm(moved.model)
+        return moved
 
     def _read_image(self, image: ImageInput) -> np.ndarray:
         if isinstance(image, np.ndarray):

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -163,6 +163,33 @@ def batch(
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
+    engine: Annotated[
+        Literal["local", "ray"],
+        typer.Option(
+            help="local: this process. ray: Ray Data workers, on this machine or a cluster "
+            "(pip install 'spnrefine\\[ray]'; docs/ray.md)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster to join. Default: $RAY_ADDRESS, else a local Ray "
+            "started for this run.",
+            show_default=False,
+        ),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="--engine ray: workers, each with the model loaded once. Default: one per CPU "
+            "(per --gpus-per-worker GPUs with GPUs).",
+            show_default=False,
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(help="--engine ray: GPUs per worker; the workers then refine on CUDA."),
+    ] = None,
 ) -> None:
     """Refine every image in a folder (or every pair listed with --from), resuming where a
     previous run stopped. Exits 1 when any pair failed."""
@@ -170,12 +197,20 @@ def batch(
     from spnrefine.batch import PairOptions, find_pairs, read_pair_lines, run_batch, write_report
     from spnrefine.io import check_output
     from spnrefine.io.images import read_source
+    from spnrefine.ray_engine import engine_options, run_batch_ray
 
     console = stderr_console(quiet)
     try:
         check_method(method)  # before the output folder is made
         if (folder is None) == (from_ is None):
             raise SpnrefineError("give a folder or --from FILE, one of the two")
+        ray_options = engine_options(
+            engine,
+            device=device,
+            address=address,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+        )
         if folder is not None:
             out_dir = out if out is not None else folder / "refined"
             pairs = find_pairs(folder, coarse_dir=coarse_dir, out_dir=out_dir)
@@ -204,9 +239,16 @@ def batch(
 
     options = PairOptions(coarse_type, logits, stretch, soft, bits, overwrite)
     started = time.perf_counter()
+    if ray_options is None:
+        results = run_batch(refiner, pairs, options, console=console)
+    else:
+        try:
+            results = run_batch_ray(refiner, pairs, options, ray_options, console=console)
+        except SpnrefineError as err:
+            raise fail(err) from None
     reports = []
     try:
-        for result in run_batch(refiner, pairs, options, console=console):
+        for result in results:
             reports.append(result)
             _tell(result, console, json_out, progress_only=True)
     finally:

@@ -1,0 +1,233 @@
+"""`batch --engine ray`: a batch's pairs spread over Ray Data workers, each holding the refiner
+once. Pairing, output names, the resume rule, refining, atomic writes and the report are
+spnrefine.batch's; this module only moves pairs to workers and reports back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from spnrefine.batch import Pair, PairOptions, PairReport, refine_pair, with_progress
+from spnrefine.errors import SpnrefineError
+
+if TYPE_CHECKING:
+    from spnrefine.api import Refiner
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'spnrefine[ray]'"
+# A task's pairs are refined one after another by one worker: enough pairs to hide the cost of
+# a task (milliseconds), few enough that a worker's death repeats little and the bar moves.
+PAIRS_PER_TASK = 16
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray batch runs.
+
+    `address`: a running cluster (`ray://host:10001`, `host:6379`, `auto`); None takes
+    $RAY_ADDRESS, else starts a local Ray for this run and stops it afterwards.
+    `num_workers`: model replicas; None is one per `cpus_per_worker` CPUs of the cluster, or
+    per `gpus_per_worker` GPUs when that is set. With GPUs the workers refine on CUDA.
+    """
+
+    address: str | None = None
+    num_workers: int | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+
+def require_ray() -> None:
+    """Fail with the install command when Ray Data is not importable."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SpnrefineError(INSTALL_HINT) from None
+
+
+def engine_options(
+    engine: str,
+    *,
+    device: str,
+    address: str | None,
+    num_workers: int | None,
+    gpus_per_worker: float | None,
+) -> RayOptions | None:
+    """The `batch` command's --engine and its options, checked together before anything
+    loads: None for the local engine, else the Ray settings (and Ray must be importable)."""
+    if engine != "ray":
+        given = {
+            "--address": address,
+            "--num-workers": num_workers,
+            "--gpus-per-worker": gpus_per_worker,
+        }
+        for name, value in given.items():
+            if value is not None:
+                raise SpnrefineError(f"{name} is an option of --engine ray")
+        return None
+    gpus = gpus_per_worker or 0.0
+    if device == "cuda" and not gpus:
+        raise SpnrefineError(
+            "--engine ray gives workers GPUs with --gpus-per-worker G, not --device"
+        )
+    if device == "cpu" and gpus:
+        raise SpnrefineError("--device cpu and --gpus-per-worker contradict each other")
+    ray_options = RayOptions(address, num_workers, gpus)
+    _check(ray_options)
+    require_ray()
+    return ray_options
+
+
+def run_batch_ray(
+    refiner: Refiner,
+    pairs: list[Pair],
+    options: PairOptions,
+    ray_options: RayOptions | None = None,
+    *,
+    console: Console | None = None,
+) -> Iterator[PairReport]:
+    """Refine `pairs` on Ray workers, yielding each report as its task finishes (not in
+    order). Connects (or starts Ray) now, so a bad address fails here, not mid-iteration.
+
+    `refiner` is shipped to every worker once (moved to the worker's GPU when it has one); a
+    worker runs `refine_pair`, which skips finished outputs and writes new ones atomically, so
+    a rerun after a crash redoes nothing. A pair whose task failed on every try is reported
+    as failed, never dropped."""
+    ray_options = ray_options or RayOptions()
+    _check(ray_options)
+    require_ray()
+    started_here = _connect(ray_options.address)
+    return _stream(refiner, pairs, options, ray_options, console, started_here)
+
+
+def _check(ray_options: RayOptions) -> None:
+    if ray_options.num_workers is not None and ray_options.num_workers < 1:
+        raise SpnrefineError(f"--num-workers {ray_options.num_workers}: must be at least 1")
+    if ray_options.gpus_per_worker < 0:
+        raise SpnrefineError(f"--gpus-per-worker {ray_options.gpus_per_worker}: must be ≥ 0")
+    if ray_options.cpus_per_worker <= 0:
+        raise SpnrefineError(f"cpus per worker {ray_options.cpus_per_worker}: must be > 0")
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local Ray; True when this
+    call started or joined it and so must shut it down. An already connected driver (a
+    notebook, a test) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Worker logs are not forwarded: stdout carries --json, and errors come back in reports.
+    settings = {"log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        if address is None:
+            # "local" starts a new Ray even where `ray start` left one running. It listens on
+            # the loopback address only: a laptop's Ray is not for the network.
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                **settings,
+            )
+        else:
+            ray.init(address=address, **settings)
+    except Exception as err:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = f"at {address}" if address else "locally"
+        raise SpnrefineError(f"cannot start or reach Ray {where}: {first_line}") from None
+    return True
+
+
+def _stream(
+    refiner: Refiner,
+    pairs: list[Pair],
+    options: PairOptions,
+    ray_options: RayOptions,
+    console: Console | None,
+    started_here: bool,
+) -> Iterator[PairReport]:
+    import ray
+    import ray.data
+
+    try:
+        workers = ray_options.num_workers or _default_workers(ray_options)
+        gpus = ray_options.gpus_per_worker
+        per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(pairs) / (4 * workers))))
+        rows = [{"index": i, **asdict(pair)} for i, pair in enumerate(pairs)]
+        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_task))
+        # Ray restarts a dead worker and reruns its task; a task that fails all the same
+        # drops its block rather than the job, and its pairs are reported as failed below.
+        dataset.context.max_errored_blocks = -1
+        # The one progress bar is ours, on stderr; Ray Data's bars and logs would mix in.
+        dataset.context.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        refined = dataset.map_batches(
+            RefineWorker,
+            fn_constructor_kwargs={
+                # Shipped from the CPU: a CUDA tensor cannot be unpickled on a CPU worker.
+                "refiner": refiner if refiner.device.type == "cpu" else refiner.to("cpu"),
+                "options": options,
+                "device": "cuda" if gpus > 0 else "cpu",
+                "threads": max(1, int(ray_options.cpus_per_worker)),
+            },
+            batch_size=per_task,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=ray_options.cpus_per_worker,
+            num_gpus=gpus,
+        )
+        yield from with_progress(_reports(refined, pairs), len(pairs), console)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _default_workers(ray_options: RayOptions) -> int:
+    import ray
+
+    resources = ray.cluster_resources()
+    if ray_options.gpus_per_worker > 0:
+        if not resources.get("GPU"):
+            raise SpnrefineError("--gpus-per-worker: the Ray cluster has no GPUs")
+        return max(1, int(resources["GPU"] / ray_options.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1) / ray_options.cpus_per_worker))
+
+
+def _reports(refined, pairs: list[Pair]) -> Iterator[PairReport]:
+    """The workers' reports as they arrive, then a failed one for each pair that got none."""
+    reported = set()
+    for row in refined.iter_rows():
+        reported.add(row["index"])
+        yield PairReport(**json.loads(row["report"]))
+    for index, pair in enumerate(pairs):
+        if index not in reported:
+            error = f"{pair.image}: its Ray task failed; a rerun tries it again"
+            yield PairReport(pair.image, pair.coarse, None, "failed", 0.0, error)
+
+
+class RefineWorker:
+    """One model replica in the actor pool: built once per worker, then fed pair batches."""
+
+    def __init__(self, refiner: Refiner, options: PairOptions, device: str, threads: int):
+        import torch
+
+        # Ray gives the worker `threads` CPUs; more threads would fight the other workers.
+        torch.set_num_threads(threads)
+        self.refiner = refiner.to(device)
+        self.options = options
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        indices, reports = [], []
+        for row in batch.to_pylist():
+            indices.append(row.pop("index"))
+            report = refine_pair(self.refiner, Pair(**row), self.options)
+            reports.append(json.dumps(asdict(report)))
+        return pa.table({"index": indices, "report": reports})

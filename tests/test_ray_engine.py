@@ -1,0 +1,209 @@
+"""`batch --engine ray` on a local 2-CPU Ray: the local batch's outputs byte for byte, bad
+pairs in the report, nothing rewritten on a rerun, and a job killed part-way that a rerun
+finishes with no pair lost and none redone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from spnrefine.api import Refiner
+from spnrefine.batch import PairOptions, find_pairs
+from spnrefine.checkpoint import save_model
+from spnrefine.cli import app
+from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.ray_engine import INSTALL_HINT, run_batch_ray
+
+DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
+GOOD, CORRUPT = 19, "zz-corrupt"
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="Ray is not installed: pip install 'spnrefine[ray]'",
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
+    return save_model(model, tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def pairs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """19 DAVIS frames at 256×144 with their masks shrunk ×8 as coarse maps, side by side,
+    and one image whose file is cut short."""
+    folder = tmp_path_factory.mktemp("pairs")
+    frames = sorted(p.stem for p in (DAVIS / "images").glob("*.jpg"))
+    if len(frames) < GOOD:
+        pytest.skip(f"needs the DAVIS frames in {DAVIS}")
+    for stem in frames[:: len(frames) // GOOD][:GOOD]:
+        image = Image.open(DAVIS / "images" / f"{stem}.jpg").convert("RGB")
+        image.resize((256, 144), Image.BICUBIC).save(folder / f"{stem}.jpg", quality=90)
+        mask = Image.open(DAVIS / "masks" / f"{stem}.png").convert("L")
+        small = np.asarray(mask.resize((32, 18), Image.BILINEAR)) > 127
+        Image.fromarray(small.astype(np.uint8) * 255).save(folder / f"{stem}_coarse.png")
+    good = (folder / f"{stem}.jpg").read_bytes()
+    (folder / f"{CORRUPT}.jpg").write_bytes(good[: len(good) // 3])
+    (folder / f"{CORRUPT}_coarse.png").write_bytes((folder / f"{stem}_coarse.png").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli(model_dir: Path) -> Callable:
+    def run(*args: object):
+        env = {"SPNREFINE_WEIGHTS": str(model_dir), "NO_COLOR": "1"}
+        return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def local_outputs(cli: Callable, pairs_folder: Path, tmp_path_factory) -> Path:
+    """The local `batch` on one thread, as a Ray worker with one CPU runs. (The random test
+    model leaves pixels near 0.5, where convolution rounding that depends on the thread count
+    decides; the trained weights give the same bytes on any thread count.)"""
+    out = tmp_path_factory.mktemp("local") / "refined"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = cli("batch", pairs_folder, "--out", out, "-q")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 1, result.stderr  # the corrupt pair
+    assert len(outputs(out)) == GOOD
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    yield context.address_info["address"]
+    ray.shutdown()
+
+
+def outputs(folder: Path) -> dict[str, tuple[int, int]]:
+    """Finished outputs by name, with the inode and mtime that show whether one was rewritten
+    (hidden temporaries of a killed write are not outputs)."""
+    if not folder.is_dir():
+        return {}
+    files = (p for p in folder.iterdir() if not p.name.startswith("."))
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+
+def assert_same_bytes(folder: Path, expected: Path) -> None:
+    assert sorted(outputs(folder)) == sorted(outputs(expected))
+    for name in outputs(expected):
+        assert (folder / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+@needs_ray
+def test_ray_batch_writes_the_local_bytes_reports_the_corrupt_pair_and_reruns_writing_nothing(
+    cli, ray_address, pairs_folder: Path, local_outputs: Path, model_dir: Path, tmp_path: Path
+):
+    out, report = tmp_path / "refined", tmp_path / "report.json"
+    result = cli("batch", pairs_folder, "--engine", "ray", "--out", out, "--report", report)
+    assert result.exit_code == 1, result.stderr
+    assert_same_bytes(out, local_outputs)
+    data = json.loads(report.read_text())
+    assert data["summary"] == {**data["summary"], "ok": GOOD, "failed": 1, "skipped": 0}
+    failed = [p for p in data["pairs"] if p["status"] == "failed"]
+    assert [Path(p["image"]).name for p in failed] == [f"{CORRUPT}.jpg"]
+    assert str(pairs_folder / f"{CORRUPT}.jpg") in failed[0]["error"]
+    assert f"{GOOD} refined, 0 already done, 1 failed" in result.stderr
+
+    # The same run from Python: every finished output is skipped, nothing is written.
+    before = outputs(out)
+    pairs = find_pairs(pairs_folder, out_dir=out)
+    refiner = Refiner.load(str(model_dir), device="cpu")
+    reports = list(run_batch_ray(refiner, pairs, PairOptions()))
+    assert sorted(r.status for r in reports) == ["failed"] + ["skipped"] * GOOD
+    assert outputs(out) == before
+
+
+@needs_ray
+def test_a_killed_ray_job_rerun_finishes_the_rest_and_redoes_nothing(
+    ray_address, pairs_folder: Path, local_outputs: Path, model_dir: Path, tmp_path: Path
+):
+    import ray
+
+    out, report = tmp_path / "refined", tmp_path / "report.json"
+    command = [
+        *(sys.executable, "-c", "from spnrefine.cli import app; app()"),
+        *("batch", pairs_folder, "--engine", "ray", "--address", ray_address),
+        *("--num-workers", "1", "--out", out, "--report", report, "-q"),
+    ]
+    command = [str(c) for c in command]
+    env = {**os.environ, "SPNREFINE_WEIGHTS": str(model_dir)}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(outputs(out)) < 2:
+        assert job.poll() is None, job.stderr.read().decode()
+        assert time.monotonic() < deadline, "no outputs after 120 s"
+        time.sleep(0.01)
+    job.kill()
+    job.wait()
+    job.stderr.close()
+    # The cluster ends the dead driver's worker; until its CPU is free it may still write.
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, "the killed job's worker is still running"
+        time.sleep(0.1)
+    first = outputs(out)
+    assert 2 <= len(first) < GOOD, "the job was not killed part-way"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert rerun.returncode == 1, rerun.stderr.decode()  # the corrupt pair
+    second = outputs(out)
+    assert {name: second[name] for name in first} == first  # none rewritten
+    assert_same_bytes(out, local_outputs)  # none lost
+    summary = json.loads(report.read_text())["summary"]
+    assert summary == {**summary, "ok": GOOD - len(first), "skipped": len(first), "failed": 1}
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(
+    cli, pairs_folder: Path, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    result = cli("batch", pairs_folder, "--engine", "ray", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {INSTALL_HINT}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--address", "auto"), "--address is an option of --engine ray"),
+        (("--num-workers", "2"), "--num-workers is an option of --engine ray"),
+        (("--engine", "ray", "--num-workers", "0"), "--num-workers 0: must be at least 1"),
+        (("--engine", "ray", "--device", "cuda"), "not --device"),
+    ],
+)
+def test_ray_options_are_checked_before_anything_runs(
+    cli, pairs_folder: Path, tmp_path: Path, args: tuple, message: str
+):
+    result = cli("batch", pairs_folder, "--out", tmp_path / "out", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
