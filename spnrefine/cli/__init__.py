@@ -3,7 +3,7 @@
 Each module registers its commands on the shared app; importing this package loads them all.
 """
 
-from spnrefine.cli import eval, refine, train  # noqa: F401  (they register their commands)
+from spnrefine.cli import bench, eval, refine, train  # noqa: F401  (they register their commands)
 from spnrefine.cli.common import app
 
 

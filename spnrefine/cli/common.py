@@ -27,6 +27,12 @@ def stderr_console(quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet, no_color=plain, color_system=None if plain else "auto")
 
 
+def stdout_console() -> Console:
+    """Results that are tables go to stdout, with the same NO_COLOR rule as the logs."""
+    plain = "NO_COLOR" in os.environ
+    return Console(no_color=plain, color_system=None if plain else "auto")
+
+
 def fail(err: Exception | str, console: Console | None = None) -> typer.Exit:
     """Print ``err`` as one line on stderr and return the exit to raise."""
     # Escaped: paths and messages may hold [brackets] that rich would read as markup.

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
-from spnrefine.cli.common import QuietOption, StretchOption, app, fail, stderr_console
+from spnrefine.cli.common import (
+    QuietOption,
+    StretchOption,
+    app,
+    fail,
+    stderr_console,
+    stdout_console,
+)
 from spnrefine.errors import SpnrefineError
 from spnrefine.metrics import DEFAULT_TOLERANCE_PX
 
@@ -108,13 +113,8 @@ def eval_(
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     stdout_busy = json_out or csv_out == "-"
-    out = console if stdout_busy else _stdout_console()
+    out = console if stdout_busy else stdout_console()
     out.print(_table(summary))
-
-
-def _stdout_console() -> Console:
-    plain = "NO_COLOR" in os.environ
-    return Console(no_color=plain, color_system=None if plain else "auto")
 
 
 def _table(summary: dict) -> Table:
