@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("all", "val"), default="all")
     parser.add_argument("--seed", type=int, default=0, help="the training run's --seed")
     parser.add_argument("--spn", metavar="WEIGHTS", help="also score spnrefine with these weights")
+    parser.add_argument("--overlap", type=int, default=None, help="spnrefine tile overlap")
     args = parser.parse_args()
 
     with_crf = not args.no_crf and importlib.util.find_spec("pydensecrf") is not None
@@ -247,7 +248,8 @@ def main() -> None:
         print("pydensecrf not installed: skipping the CRF", file=sys.stderr)
     methods = grid_methods() if args.grid else default_methods(args.radius, args.eps, with_crf)
     if args.spn:
-        refiner = Refiner.load(args.spn)
+        tiling = {} if args.overlap is None else {"overlap": args.overlap}
+        refiner = Refiner.load(args.spn, **tiling)
         methods["spn"] = refiner.refine_probs
     results = {
         name: evaluate(name, methods, args.limit, args.split, args.seed) for name in args.sets
