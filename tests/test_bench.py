@@ -62,7 +62,9 @@ def test_table_on_stdout_names_the_memory_measure(model_dir: Path):
     result = run("bench", "--sizes", "64x48", "--repeats", "2", model_dir=model_dir)
     assert result.exit_code == 0, result.stderr
     assert "median of 2 runs" in result.stdout
-    assert "kernel cpu" in result.stdout and "refine guided" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["64x48", "kernel", "cpu"] == rows[[r[:1] for r in rows].index(["64x48"])][:3]
+    assert any(r[:2] == ["64x48", "guided"] and "1.00" in r[4:] for r in rows)
     assert "peak MB:" in result.stdout
 
 

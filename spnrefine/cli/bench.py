@@ -61,7 +61,9 @@ def bench(
 
             def progress(i: int, total: int, case) -> None:
                 w, h = case.size
-                bar.update(task, completed=i, total=total, description=f"{case.name} {w}x{h}")
+                bar.update(
+                    task, completed=i, total=total, description=f"{case.kind} {case.name} {w}x{h}"
+                )
 
             report = run_bench(chosen, 1 if quick else repeats, weights, progress)
     except SpnrefineError as err:
@@ -82,7 +84,7 @@ def _table(data: dict) -> Table:
     runs = f"{data['repeats']} run{'s' if data['repeats'] > 1 else ''}"
     title = (
         f"median of {runs}; {machine['cpus']} CPUs, GPU: {machine['gpu'] or 'none'}\n"
-        f"kernel: {data['kernel_input']}; refine: decode, refine, encode"
+        f"kernel: {data['kernel_input']}; methods: decode, refine, encode"
     )
     caption = f"peak MB: {data['memory']}" + ("; GPU MB: torch's allocator peak" if gpu else "")
     table = Table(title=title, title_justify="left", caption=caption, box=box.SIMPLE_HEAD)
@@ -92,9 +94,10 @@ def _table(data: dict) -> Table:
         table.add_column(name, justify="right")
     for r in results:
         w, h = r["size"]
-        case = f"{r['kind']} {r['name']}" + (
-            " cuda" if r["kind"] == "refine" and r["device"] == "cuda" else ""
-        )
+        if r["kind"] == "kernel":
+            case = f"kernel {r['name']}"
+        else:
+            case = r["name"] + (" cuda" if r["device"] == "cuda" else "")
         cells = [f"{w}x{h}", case, f"{r['seconds'] * 1000:,.1f}", f"{r['peak_mb']:,.0f}"]
         if gpu:
             cells.append(f"{r['gpu_peak_mb']:,.0f}" if r["gpu_peak_mb"] is not None else "")
