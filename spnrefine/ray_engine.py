@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spnrefine.batch import Pair, PairOptions, PairReport, refine_pair, with_progress
+from spnrefine.batch import Pair, PairOptions, PairReport, with_progress
 from spnrefine.errors import SpnrefineError
+from spnrefine.remote import refine_uri_pair
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -96,8 +97,9 @@ def run_batch_ray(
 
     `refiner` is shipped to every worker once (moved to the worker's GPU when it has one); a
     worker runs `refine_pair`, which skips finished outputs and writes new ones atomically, so
-    a rerun after a crash redoes nothing. A pair whose task failed on every try is reported
-    as failed, never dropped."""
+    a rerun after a crash redoes nothing. Paths may be URIs (s3://, gs://, file://, ...; see
+    spnrefine.remote). A pair whose task failed all the same is reported as failed, never
+    dropped."""
     ray_options = ray_options or RayOptions()
     _check(ray_options)
     require_ray()
@@ -228,6 +230,6 @@ class RefineWorker:
         indices, reports = [], []
         for row in batch.to_pylist():
             indices.append(row.pop("index"))
-            report = refine_pair(self.refiner, Pair(**row), self.options)
+            report = refine_uri_pair(self.refiner, Pair(**row), self.options)
             reports.append(json.dumps(asdict(report)))
         return pa.table({"index": indices, "report": reports})

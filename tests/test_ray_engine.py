@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from spnrefine.api import Refiner
-from spnrefine.batch import PairOptions, find_pairs
+from spnrefine.batch import Pair, PairOptions, find_pairs, refine_pair
 from spnrefine.checkpoint import save_model
 from spnrefine.cli import app
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.ray_engine import INSTALL_HINT, run_batch_ray
+from spnrefine.remote import refine_uri_pair
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
 GOOD, CORRUPT = 19, "zz-corrupt"
@@ -111,6 +113,15 @@ def outputs(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
 
 
+def as_uris(pair: Pair) -> Pair:
+    return replace(
+        pair,
+        image=Path(pair.image).as_uri(),
+        coarse=Path(pair.coarse).as_uri(),
+        out=Path(pair.out).as_uri(),
+    )
+
+
 def assert_same_bytes(folder: Path, expected: Path) -> None:
     assert sorted(outputs(folder)) == sorted(outputs(expected))
     for name in outputs(expected):
@@ -132,12 +143,14 @@ def test_ray_batch_writes_the_local_bytes_reports_the_corrupt_pair_and_reruns_wr
     assert str(pairs_folder / f"{CORRUPT}.jpg") in failed[0]["error"]
     assert f"{GOOD} refined, 0 already done, 1 failed" in result.stderr
 
-    # The same run from Python: every finished output is skipped, nothing is written.
+    # Again from Python, with every path a file:// URI: each finished output is skipped (the
+    # workers check the URIs), nothing is written.
     before = outputs(out)
-    pairs = find_pairs(pairs_folder, out_dir=out)
+    pairs = [as_uris(pair) for pair in find_pairs(pairs_folder, out_dir=out)]
     refiner = Refiner.load(str(model_dir), device="cpu")
     reports = list(run_batch_ray(refiner, pairs, PairOptions()))
     assert sorted(r.status for r in reports) == ["failed"] + ["skipped"] * GOOD
+    assert {r.out for r in reports if r.out} == {(out / name).as_uri() for name in before}
     assert outputs(out) == before
 
 
@@ -178,6 +191,35 @@ def test_a_killed_ray_job_rerun_finishes_the_rest_and_redoes_nothing(
     assert_same_bytes(out, local_outputs)  # none lost
     summary = json.loads(report.read_text())["summary"]
     assert summary == {**summary, "ok": GOOD - len(first), "skipped": len(first), "failed": 1}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow (ray[data])")
+def test_uri_pairs_write_the_local_bytes_resume_and_report_missing_inputs_by_uri(
+    pairs_folder: Path, model_dir: Path, tmp_path: Path
+):
+    refiner = Refiner.load(str(model_dir), device="cpu")
+    options = PairOptions()
+    good = find_pairs(pairs_folder, out_dir=tmp_path / "local")[0]
+    (tmp_path / "local").mkdir()
+    assert refine_pair(refiner, good, options).status == "ok"
+    expected = (tmp_path / "local" / (Path(good.out).name + ".png")).read_bytes()
+
+    (tmp_path / "uris").mkdir()
+    named = as_uris(replace(good, out=str(tmp_path / "uris" / "named")))
+    exact = replace(as_uris(good), out=(tmp_path / "uris" / "exact.png").as_uri(), name_out=False)
+    for pair, written in ((named, "named.png"), (exact, "exact.png")):
+        report = refine_uri_pair(refiner, pair, options)
+        assert report.status == "ok", report.error
+        assert report.out == (tmp_path / "uris" / written).as_uri()
+        assert (report.image, report.coarse) == (pair.image, pair.coarse)
+        assert (tmp_path / "uris" / written).read_bytes() == expected
+        assert refine_uri_pair(refiner, pair, options).status == "skipped"
+    assert sorted(p.name for p in (tmp_path / "uris").iterdir()) == ["exact.png", "named.png"]
+
+    missing = replace(named, image=(tmp_path / "nowhere.jpg").as_uri())
+    report = refine_uri_pair(refiner, replace(missing, out=missing.out + "-2"), options)
+    assert report.status == "failed"
+    assert report.error == f"{missing.image}: file not found"
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(

@@ -1,0 +1,138 @@
+"""Throughput of `batch` with the local engine and with `--engine ray` on the same folder, in
+one run: images/second, Ray's rate as a fraction of the local one, and the per-worker rate
+that a cluster multiplies.
+
+The folder is built from real DAVIS frames (resized) and their ground-truth masks shrunk ×8 as
+coarse maps. Each engine writes to its own fresh output folder; the runs alternate (local,
+Ray from cold, Ray on the running cluster, local again) so that other load on the machine
+falls on both. "cold" counts starting Ray and its workers, as a laptop run of the command
+does; "running" counts only the job on a Ray that is already up (--address, or a notebook).
+
+Run from the repository root: python benchmarks/bench_ray.py [--pairs N] [--size WxH]
+[--workers N] [--weights W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from spnrefine.api import Refiner
+from spnrefine.batch import PairOptions, PairReport, find_pairs, run_batch
+from spnrefine.ray_engine import RayOptions, run_batch_ray
+
+DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
+FACTOR = 8
+
+
+def build_folder(folder: Path, count: int, size: tuple[int, int]) -> None:
+    """`count` frames spread over the DAVIS sequences, as NAME.jpg + NAME_coarse.png."""
+    frames = sorted(p.stem for p in (DAVIS / "images").glob("*.jpg"))
+    if len(frames) < count:
+        sys.exit(f"{DAVIS}: fewer than {count} frames")
+    small = (size[0] // FACTOR, size[1] // FACTOR)
+    for stem in frames[:: len(frames) // count][:count]:
+        image = cv2.imread(str(DAVIS / "images" / f"{stem}.jpg"), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(DAVIS / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        coarse = cv2.resize((mask > 127).astype(np.float32), small, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(folder / f"{stem}_coarse.png"), (coarse >= 0.5).astype(np.uint8) * 255)
+
+
+def timed(run: Callable[[], Iterator[PairReport]]) -> tuple[float, int]:
+    """Seconds for the whole run (a Ray run's connection and workers included) and pairs done."""
+    started = time.perf_counter()
+    done = sum(r.status == "ok" for r in run())
+    return time.perf_counter() - started, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=24)
+    parser.add_argument("--size", default="256x144", help="image size WxH (a multiple of 8)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--weights", default=None, help="default: the bundled weights")
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    n, small = args.pairs, max(1, args.pairs // 3)
+
+    import ray
+
+    refiner = Refiner.load(args.weights, device="cpu")
+    options = PairOptions()
+    ray_options = RayOptions(num_workers=args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "pairs"
+        folder.mkdir()
+        build_folder(folder, n, size)
+
+        def pairs(name: str, count: int = n):
+            out = Path(tmp) / name
+            out.mkdir()
+            return find_pairs(folder, out_dir=out)[:count]
+
+        def local_run(name: str) -> float:
+            seconds, done = timed(lambda: run_batch(refiner, pairs(name), options))
+            assert done == n, "the local batch failed on some pairs"
+            return seconds
+
+        def ray_run(name: str, count: int = n) -> float:
+            seconds, done = timed(
+                lambda: run_batch_ray(refiner, pairs(name, count), options, ray_options)
+            )
+            assert done == count, "the Ray batch failed on some pairs"
+            return seconds
+
+        # One image first, so that no run pays numba's first-call costs in this process.
+        list(run_batch(refiner, pairs("warm", 1), options))
+        local_1 = local_run("local-1")
+        started = time.perf_counter()
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+        ray_run("ray-cold")
+        cold = time.perf_counter() - started
+        short = ray_run("ray-short", small)
+        running = ray_run("ray-running")
+        ray.shutdown()
+        local_2 = local_run("local-2")
+
+    local = (local_1 + local_2) / 2
+    # Two job sizes on the running Ray: the difference is the rate once the workers are up,
+    # the rest is what every job pays to start its workers.
+    steady = (n - small) / (running - short)
+    fixed = running - n / steady
+    print(
+        f"{n} pairs of {size[0]}x{size[1]}, CPU only, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; local: one process, {torch.get_num_threads()} torch threads; "
+        f"Ray: {args.workers} workers, 1 CPU each"
+    )
+    rows = [
+        ("local batch", n / local, f"{local_1:.1f} s and {local_2:.1f} s"),
+        ("ray, starting Ray", n / cold, f"{cold:.1f} s"),
+        ("ray, Ray running", n / running, f"{running:.1f} s"),
+        ("ray, workers up", steady, f"{small} vs {n} pairs: {fixed:.1f} s start per job"),
+    ]
+    for name, rate, note in rows:
+        ratio = "" if name == "local batch" else f"{rate / (n / local):4.0%} of local, "
+        per_worker = "" if name == "local batch" else f"{rate / args.workers:.2f}/s per worker, "
+        print(f"{name:18} {rate:6.2f} images/s  {ratio}{per_worker}({note})")
+
+
+if __name__ == "__main__":
+    main()
