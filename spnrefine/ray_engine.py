@@ -9,14 +9,14 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from spnrefine.batch import Pair, PairOptions, PairReport, with_progress
 from spnrefine.errors import SpnrefineError
-from spnrefine.remote import refine_uri_pair
+from spnrefine.remote import is_uri, refine_uri_pair
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -161,7 +161,7 @@ def _stream(
         workers = ray_options.num_workers or _default_workers(ray_options)
         gpus = ray_options.gpus_per_worker
         per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(pairs) / (4 * workers))))
-        rows = [{"index": i, **asdict(pair)} for i, pair in enumerate(pairs)]
+        rows = [{"index": i, **asdict(_absolute(pair))} for i, pair in enumerate(pairs)]
         dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_task))
         # Ray restarts a dead worker and reruns its task; a task that fails all the same
         # drops its block rather than the job, and its pairs are reported as failed below.
@@ -206,11 +206,35 @@ def _reports(refined, pairs: list[Pair]) -> Iterator[PairReport]:
     reported = set()
     for row in refined.iter_rows():
         reported.add(row["index"])
-        yield PairReport(**json.loads(row["report"]))
+        yield _as_given(PairReport(**json.loads(row["report"])), pairs[row["index"]])
     for index, pair in enumerate(pairs):
         if index not in reported:
             error = f"{pair.image}: its Ray task failed; a rerun tries it again"
             yield PairReport(pair.image, pair.coarse, None, "failed", 0.0, error)
+
+
+def _absolute(pair: Pair) -> Pair:
+    """Local paths made absolute, since workers need not share the driver's folder; on a
+    cluster they must name the same files on every node (a shared filesystem), or be URIs."""
+
+    def absolute(path: str | None) -> str | None:
+        return path if not path or is_uri(path) else os.path.abspath(path)
+
+    return replace(
+        pair, image=absolute(pair.image), coarse=absolute(pair.coarse), out=absolute(pair.out)
+    )
+
+
+def _as_given(report: PairReport, pair: Pair) -> PairReport:
+    """The report in the paths the user gave, as the local batch writes it."""
+    resolved = _absolute(pair)
+    for given, used in ((pair.image, resolved.image), (pair.coarse, resolved.coarse)):
+        if report.error and given and given != used:
+            report.error = report.error.replace(used, given)
+    if report.out and pair.out != resolved.out and report.out.startswith(resolved.out):
+        report.out = pair.out + report.out[len(resolved.out) :]
+    report.image, report.coarse = pair.image, pair.coarse
+    return report
 
 
 class RefineWorker:

@@ -130,17 +130,28 @@ def assert_same_bytes(folder: Path, expected: Path) -> None:
 
 @needs_ray
 def test_ray_batch_writes_the_local_bytes_reports_the_corrupt_pair_and_reruns_writing_nothing(
-    cli, ray_address, pairs_folder: Path, local_outputs: Path, model_dir: Path, tmp_path: Path
+    cli,
+    ray_address,
+    pairs_folder: Path,
+    local_outputs: Path,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch,
 ):
-    out, report = tmp_path / "refined", tmp_path / "report.json"
-    result = cli("batch", pairs_folder, "--engine", "ray", "--out", out, "--report", report)
+    # Relative paths, as typed: the workers get them made absolute, the report shows them as
+    # given.
+    monkeypatch.chdir(tmp_path)
+    folder = Path(os.path.relpath(pairs_folder))
+    result = cli("batch", folder, "--engine", "ray", "--out", "refined", "--report", "report.json")
     assert result.exit_code == 1, result.stderr
+    out = tmp_path / "refined"
     assert_same_bytes(out, local_outputs)
-    data = json.loads(report.read_text())
+    data = json.loads((tmp_path / "report.json").read_text())
     assert data["summary"] == {**data["summary"], "ok": GOOD, "failed": 1, "skipped": 0}
     failed = [p for p in data["pairs"] if p["status"] == "failed"]
-    assert [Path(p["image"]).name for p in failed] == [f"{CORRUPT}.jpg"]
-    assert str(pairs_folder / f"{CORRUPT}.jpg") in failed[0]["error"]
+    assert [p["image"] for p in failed] == [str(folder / f"{CORRUPT}.jpg")]
+    assert failed[0]["error"].startswith(f"{folder / CORRUPT}.jpg: ")
+    assert {p["out"] for p in data["pairs"] if p["out"]} == {f"refined/{n}" for n in outputs(out)}
     assert f"{GOOD} refined, 0 already done, 1 failed" in result.stderr
 
     # Again from Python, with every path a file:// URI: each finished output is skipped (the
