@@ -5,8 +5,9 @@ that a cluster multiplies.
 The folder is built from real DAVIS frames (resized) and their ground-truth masks shrunk ×8 as
 coarse maps. Each engine writes to its own fresh output folder; the runs alternate (local,
 Ray from cold, Ray on the running cluster, local again) so that other load on the machine
-falls on both. "cold" counts starting Ray and its workers, as a laptop run of the command
-does; "running" counts only the job on a Ray that is already up (--address, or a notebook).
+falls on both. "starting Ray" counts starting Ray and its workers, as a laptop run of the
+command does; "Ray running" only the job on a Ray that is already up (--address, a notebook);
+"workers up" is the rate of the workers alone, from each pair's own time in its report.
 
 Run from the repository root: python benchmarks/bench_ray.py [--pairs N] [--size WxH]
 [--workers N] [--weights W]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -50,11 +52,14 @@ def build_folder(folder: Path, count: int, size: tuple[int, int]) -> None:
         cv2.imwrite(str(folder / f"{stem}_coarse.png"), (coarse >= 0.5).astype(np.uint8) * 255)
 
 
-def timed(run: Callable[[], Iterator[PairReport]]) -> tuple[float, int]:
-    """Seconds for the whole run (a Ray run's connection and workers included) and pairs done."""
+def timed(run: Callable[[], Iterator[PairReport]]) -> tuple[float, list[PairReport]]:
+    """Seconds for the whole run (a Ray run's connection and workers included), and the
+    reports, which hold each pair's own refining time."""
     started = time.perf_counter()
-    done = sum(r.status == "ok" for r in run())
-    return time.perf_counter() - started, done
+    reports = list(run())
+    seconds = time.perf_counter() - started
+    assert all(r.status == "ok" for r in reports), "some pairs failed"
+    return seconds, reports
 
 
 def main() -> None:
@@ -65,13 +70,13 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="default: the bundled weights")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    n, small = args.pairs, max(1, args.pairs // 3)
+    n, workers = args.pairs, args.workers
 
     import ray
 
     refiner = Refiner.load(args.weights, device="cpu")
     options = PairOptions()
-    ray_options = RayOptions(num_workers=args.workers)
+    ray_options = RayOptions(num_workers=workers)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pairs"
         folder.mkdir()
@@ -82,21 +87,9 @@ def main() -> None:
             out.mkdir()
             return find_pairs(folder, out_dir=out)[:count]
 
-        def local_run(name: str) -> float:
-            seconds, done = timed(lambda: run_batch(refiner, pairs(name), options))
-            assert done == n, "the local batch failed on some pairs"
-            return seconds
-
-        def ray_run(name: str, count: int = n) -> float:
-            seconds, done = timed(
-                lambda: run_batch_ray(refiner, pairs(name, count), options, ray_options)
-            )
-            assert done == count, "the Ray batch failed on some pairs"
-            return seconds
-
         # One image first, so that no run pays numba's first-call costs in this process.
         list(run_batch(refiner, pairs("warm", 1), options))
-        local_1 = local_run("local-1")
+        local_1, _ = timed(lambda: run_batch(refiner, pairs("local-1"), options))
         started = time.perf_counter()
         ray.init(
             num_cpus=os.cpu_count(),
@@ -105,33 +98,34 @@ def main() -> None:
             log_to_driver=False,
             logging_level=logging.ERROR,
         )
-        ray_run("ray-cold")
+        timed(lambda: run_batch_ray(refiner, pairs("ray-cold"), options, ray_options))
         cold = time.perf_counter() - started
-        short = ray_run("ray-short", small)
-        running = ray_run("ray-running")
+        running, reports = timed(
+            lambda: run_batch_ray(refiner, pairs("ray-running"), options, ray_options)
+        )
         ray.shutdown()
-        local_2 = local_run("local-2")
+        local_2, _ = timed(lambda: run_batch(refiner, pairs("local-2"), options))
 
     local = (local_1 + local_2) / 2
-    # Two job sizes on the running Ray: the difference is the rate once the workers are up,
-    # the rest is what every job pays to start its workers.
-    steady = (n - small) / (running - short)
-    fixed = running - n / steady
+    # A worker's rate once it is up: its pairs' own time (decode to written file). The rest of
+    # a Ray job's time is what it pays to start its workers and hand them work.
+    per_worker = 1 / statistics.mean(r.seconds for r in reports)
+    overhead = running - n / (per_worker * workers)
     print(
         f"{n} pairs of {size[0]}x{size[1]}, CPU only, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}; local: one process, {torch.get_num_threads()} torch threads; "
-        f"Ray: {args.workers} workers, 1 CPU each"
+        f"Ray: {workers} workers, 1 CPU each"
     )
     rows = [
         ("local batch", n / local, f"{local_1:.1f} s and {local_2:.1f} s"),
         ("ray, starting Ray", n / cold, f"{cold:.1f} s"),
         ("ray, Ray running", n / running, f"{running:.1f} s"),
-        ("ray, workers up", steady, f"{small} vs {n} pairs: {fixed:.1f} s start per job"),
+        ("ray, workers up", per_worker * workers, f"{overhead:.1f} s of the job was not refining"),
     ]
     for name, rate, note in rows:
         ratio = "" if name == "local batch" else f"{rate / (n / local):4.0%} of local, "
-        per_worker = "" if name == "local batch" else f"{rate / args.workers:.2f}/s per worker, "
-        print(f"{name:18} {rate:6.2f} images/s  {ratio}{per_worker}({note})")
+        each = "" if name == "local batch" else f"{rate / workers:.2f}/s per worker, "
+        print(f"{name:18} {rate:6.2f} images/s  {ratio}{each}({note})")
 
 
 if __name__ == "__main__":

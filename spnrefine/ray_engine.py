@@ -104,7 +104,15 @@ def run_batch_ray(
     _check(ray_options)
     require_ray()
     started_here = _connect(ray_options.address)
-    return _stream(refiner, pairs, options, ray_options, console, started_here)
+    try:
+        workers = ray_options.num_workers or _default_workers(ray_options)
+    except SpnrefineError:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+        raise
+    return _stream(refiner, pairs, options, ray_options, workers, console, started_here)
 
 
 def _check(ray_options: RayOptions) -> None:
@@ -151,6 +159,7 @@ def _stream(
     pairs: list[Pair],
     options: PairOptions,
     ray_options: RayOptions,
+    workers: int,
     console: Console | None,
     started_here: bool,
 ) -> Iterator[PairReport]:
@@ -158,7 +167,6 @@ def _stream(
     import ray.data
 
     try:
-        workers = ray_options.num_workers or _default_workers(ray_options)
         gpus = ray_options.gpus_per_worker
         per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(pairs) / (4 * workers))))
         rows = [{"index": i, **asdict(_absolute(pair))} for i, pair in enumerate(pairs)]

@@ -43,18 +43,18 @@ def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairR
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spnrefine-") as tmp:
         staged = _staged(pair, Path(tmp))
-        if is_uri(pair.out):
-            # The staged output's name and the URI differ only in what precedes the suffix.
-            cut = 0 if pair.name_out else len(_suffix(pair.out))
-            stem, base = len(staged.out) - cut, pair.out[: len(pair.out) - cut]
-            uris = [base + str(c)[stem:] for c in output_candidates(staged, options.soft)]
-            done = None if options.overwrite else next((u for u in uris if _exists(u)), None)
-        else:
-            done = finished_output(pair, options)
-        if done is not None:  # the resume rule, before any input is fetched
-            seconds = round(time.perf_counter() - started, 4)
-            return PairReport(pair.image, pair.coarse, str(done), "skipped", seconds)
+        # The staged output's name and the URI differ only in what precedes the suffix.
+        cut = 0 if pair.name_out else len(_suffix(pair.out))
+        stem, base = len(staged.out) - cut, pair.out[: len(pair.out) - cut]
         try:
+            if is_uri(pair.out):
+                uris = [base + str(c)[stem:] for c in output_candidates(staged, options.soft)]
+                done = None if options.overwrite else next(filter(_exists, uris), None)
+            else:
+                done = finished_output(pair, options)
+            if done is not None:  # the resume rule, before any input is fetched
+                seconds = round(time.perf_counter() - started, 4)
+                return PairReport(pair.image, pair.coarse, str(done), "skipped", seconds)
             for uri, local in ((pair.image, staged.image), (pair.coarse, staged.coarse)):
                 if uri != local:
                     Path(local).write_bytes(_read(uri))
@@ -116,7 +116,10 @@ def _exists(uri: str) -> bool:
     from pyarrow import fs
 
     filesystem, path = _resolve(uri)
-    return filesystem.get_file_info(path).type != fs.FileType.NotFound
+    try:
+        return filesystem.get_file_info(path).type != fs.FileType.NotFound
+    except OSError as err:
+        raise SpnrefineError(f"cannot look the output up: {err}", uri) from None
 
 
 def _read(uri: str) -> bytes:

@@ -231,6 +231,8 @@ def test_uri_pairs_write_the_local_bytes_resume_and_report_missing_inputs_by_uri
     report = refine_uri_pair(refiner, replace(missing, out=missing.out + "-2"), options)
     assert report.status == "failed"
     assert report.error == f"{missing.image}: file not found"
+    unknown = refine_uri_pair(refiner, replace(named, out="nofs://bucket/x"), options)
+    assert unknown.status == "failed" and "cannot open the filesystem" in unknown.error
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(
