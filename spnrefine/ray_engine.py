@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
@@ -135,6 +136,8 @@ def _connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Worker logs are not forwarded: stdout carries --json, and errors come back in reports.
     settings = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is None:
             # "local" starts a new Ray even where `ray start` left one running. It listens on
@@ -152,6 +155,18 @@ def _connect(address: str | None) -> bool:
         where = f"at {address}" if address else "locally"
         raise SpnrefineError(f"cannot start or reach Ray {where}: {first_line}") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once where nothing listens at a `host:port` or `ray://host:port` address; Ray
+    itself would retry for minutes. Other forms (`auto`) are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in host or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise SpnrefineError(f"cannot reach Ray at {address}: {err.strerror or err}") from None
 
 
 def _stream(

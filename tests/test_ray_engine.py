@@ -235,6 +235,21 @@ def test_uri_pairs_write_the_local_bytes_resume_and_report_missing_inputs_by_uri
     assert unknown.status == "failed" and "cannot open the filesystem" in unknown.error
 
 
+@needs_ray
+def test_an_address_where_nothing_listens_fails_at_once_in_one_line(
+    pairs_folder: Path, model_dir: Path, tmp_path: Path
+):
+    command = [sys.executable, "-c", "from spnrefine.cli import app; app()", "batch"]
+    command += [str(pairs_folder), "--engine", "ray", "--address", "127.0.0.1:1", "-q"]
+    command += ["--out", str(tmp_path / "out")]
+    env = {**os.environ, "SPNREFINE_WEIGHTS": str(model_dir), "NO_COLOR": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot reach Ray at 127.0.0.1:1: Connection refused"
+    ]
+
+
 def test_engine_ray_without_ray_says_how_to_install_it(
     cli, pairs_folder: Path, tmp_path: Path, monkeypatch
 ):
