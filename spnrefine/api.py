@@ -40,6 +40,7 @@ from spnrefine.post import (
     restrict_classes,
     to_labels,
 )
+from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 from spnrefine.tiling import TileStats, refine_tiled
 from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
 from spnrefine.weights import WeightsInfo, load_weights
@@ -126,8 +127,8 @@ class Refiner:
         method: Method = "spn",
         info: WeightsInfo | None = None,
         device: Device = "auto",
-        tile: int = 128,
-        overlap: int = 32,
+        tile: int = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 16,
         confident: float = 0.98,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -164,8 +165,8 @@ class Refiner:
         *,
         method: Method = "spn",
         device: Device = "auto",
-        tile: int = 128,
-        overlap: int = 32,
+        tile: int = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 16,
         confident: float = 0.98,
         max_pixels: int = DEFAULT_MAX_PIXELS,

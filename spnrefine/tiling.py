@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from spnrefine.model import SPNRefiner
+from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 @dataclass
@@ -70,8 +71,8 @@ def refine_tiled(
     model: SPNRefiner,
     image: np.ndarray,
     probs: np.ndarray,
-    tile: int = 128,
-    overlap: int = 32,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 16,
     confident: float = 0.98,
     device: torch.device | str = "cpu",

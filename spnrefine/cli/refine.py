@@ -35,6 +35,7 @@ from spnrefine.cli.common import (
 )
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import DEFAULT_MAX_PIXELS
+from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
 if TYPE_CHECKING:
     from spnrefine.batch import PairReport
@@ -63,8 +64,8 @@ def refine(
     weights: WeightsOption = None,
     method: MethodOption = "spn",
     device: DeviceOption = "auto",
-    tile: TileOption = 128,
-    overlap: OverlapOption = 32,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     batch_size: BatchSizeOption = 16,
     coarse_type: CoarseTypeOption = "auto",
     logits: LogitsOption = False,
@@ -151,8 +152,8 @@ def batch(
     weights: WeightsOption = None,
     method: MethodOption = "spn",
     device: DeviceOption = "auto",
-    tile: TileOption = 128,
-    overlap: OverlapOption = 32,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     batch_size: BatchSizeOption = 16,
     coarse_type: CoarseTypeOption = "auto",
     logits: LogitsOption = False,
