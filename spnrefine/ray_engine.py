@@ -264,10 +264,13 @@ class RefineWorker:
     """One model replica in the actor pool: built once per worker, then fed pair batches."""
 
     def __init__(self, refiner: Refiner, options: PairOptions, device: str, threads: int):
+        import numba
         import torch
 
-        # Ray gives the worker `threads` CPUs; more threads would fight the other workers.
+        # Ray gives the worker `threads` CPUs; more threads (torch's or the numba kernels')
+        # would fight the other workers for the same cores.
         torch.set_num_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self.refiner = refiner.to(device)
         self.options = options
 
