@@ -151,9 +151,7 @@ class Refiner:
             raise SpnrefineError(f"--max-pixels {max_pixels}: must be at least 1")
         self.method = method
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval() if model is not None else None
-        # What runs: the same function with batch norms folded into their convolutions.
-        self._inference_model = fold_batchnorm(self.model) if model is not None else None
+        self._place(model)
         self.info = info
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.confident, self.max_pixels = confident, max_pixels
@@ -320,10 +318,14 @@ class Refiner:
         sent the driver's CPU refiner runs it on its own GPU."""
         moved = copy.copy(self)
         moved.device = pick_device(device)
-        if self.model is not None:
-            moved.model = copy.deepcopy(self.model).to(moved.device).eval()
-            moved._inference_model = fold_batchnorm(moved.model)
+        moved._place(copy.deepcopy(self.model))
         return moved
+
+    def _place(self, model: SPNRefiner | None) -> None:
+        """Put ``model`` on this refiner's device, with the copy that runs: the same function
+        with batch norms folded into their convolutions."""
+        self.model = model.to(self.device).eval() if model is not None else None
+        self._inference_model = fold_batchnorm(self.model) if model is not None else None
 
     def _read_image(self, image: ImageInput) -> np.ndarray:
         if isinstance(image, np.ndarray):

@@ -20,6 +20,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
+def cpu_inference(t: torch.Tensor) -> bool:
+    """Whether the fast paths apply: no autograd, a float32 tensor on the CPU."""
+    return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
+
+
 @njit(parallel=True, cache=True)
 def _normalize_three_way(raw):
     """In place: raw (N×3×P) scaled so that Σ|p| ≤ 1 at every pixel (divide by max(Σ|p|, 1))."""

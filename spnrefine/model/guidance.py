@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnrefine.model.fast import normalize_gates_inplace
+from spnrefine.model.fast import cpu_inference, normalize_gates_inplace
 from spnrefine.propagation import normalize_gates
 
 # Class-agnostic cues the guidance net sees besides RGB: confidence and margin of the coarse map.
@@ -72,11 +72,7 @@ class GuidanceNet(nn.Module):
         arch: str = "light",
         act: str = "relu",
     ):
-        super().__init__()
-        if arch not in ("light", "unet"):
-            raise ValueError(f"unknown guidance arch {arch!r}; expected 'light' or 'unet'")
-        if len(widths) < 2:
-            raise ValueError(f"guidance widths need at least two scales, got {widths}")
+        super().__init__()  # the settings are checked by ModelConfig.check
         self.groups = groups
         self.mode = mode
         self.arch = arch
@@ -111,7 +107,7 @@ class GuidanceNet(nn.Module):
     def forward(self, image: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
         """image: B×3×H×W in [0, 1]; cues: B×NUM_CUES×H×W. H and W must divide by 2^(depth-1)."""
         x = torch.cat([(image - self.mean) / self.std, cues], 1)
-        fast = not torch.is_grad_enabled() and x.device.type == "cpu"
+        fast = cpu_inference(x)
         if fast:  # oneDNN's convolutions for few channels run faster on channels-last tensors
             x = x.contiguous(memory_format=torch.channels_last)
         skips = []
@@ -125,6 +121,6 @@ class GuidanceNet(nn.Module):
         raw = self.head(x).contiguous()
         b, _, h, w = raw.shape
         raw = raw.view(b, self.groups, 4, 3, h, w)
-        if fast and self.mode == "three_way" and raw.dtype == torch.float32:
+        if fast and self.mode == "three_way":
             return normalize_gates_inplace(raw)  # raw is this call's own tensor
         return normalize_gates(raw, self.mode)

@@ -12,16 +12,11 @@ import torch
 from torch import nn
 
 from spnrefine.model.config import ModelConfig
-from spnrefine.model.fast import fused_tail
+from spnrefine.model.fast import cpu_inference, fused_tail
 from spnrefine.model.guidance import GuidanceNet, activation, coarse_cues
 from spnrefine.propagation import DIRECTIONS, propagate
 
 _LOG_EPS = 1e-4
-
-
-def _fast(t: torch.Tensor) -> bool:
-    """Use the fused CPU kernels: inference (no autograd) on float32 CPU tensors."""
-    return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
 
 
 class SPNRefiner(nn.Module):
@@ -66,7 +61,7 @@ class SPNRefiner(nn.Module):
         hidden = self.embed(cue).view(b, c * k, h, w)  # channel (class, j) uses gate set j % G
         merge = "max" if self.config.merge == "max" else None
         out = propagate(hidden, gates, self.config.mode, DIRECTIONS, merge, backend=backend)
-        if merge is None and _fast(out):
+        if merge is None and cpu_inference(out):
             return fused_tail(out, cue, self.merge, self.readout, self.config.activation)
         if merge is None:  # B×D×(C·k)×H×W → (B·C)×(D·k)×H×W for the learned merge
             d = out.shape[1]
