@@ -153,8 +153,11 @@ def kernel_backends() -> list[str]:
     """Backends to time: the numba CPU kernel, the torch reference, and the numba CUDA kernel
     where numba sees a GPU."""
     backends = ["cpu", "reference"]
-    if torch.cuda.is_available() and numba.cuda.is_available():
-        backends.append("cuda")
+    if torch.cuda.is_available():
+        from numba import cuda  # a submodule: `import numba` alone need not load it
+
+        if cuda.is_available():
+            backends.append("cuda")
     return backends
 
 

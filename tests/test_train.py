@@ -218,3 +218,36 @@ def test_fine_tune_starts_from_given_weights(tmp_path):
     for (name, p), (_, q) in zip(start.named_parameters(), after.named_parameters(), strict=True):
         assert torch.equal(p, q), name
     assert state_checksum(after) != state_checksum(SPNRefiner(TINY))
+
+
+def test_worker_processes_cut_the_same_batches_in_the_same_order(tmp_path):
+    from spnrefine.train.prefetch import batches
+
+    folders = [str(make_folder(tmp_path / "a")), str(make_folder(tmp_path / "b", classes=3))]
+    datasets = [load_dataset(d, 0.34, 0) for d in folders]
+    inline = list(batches(datasets, (folders, 0.34, 0), 5, 2, 32, 3, 12))
+    ahead = list(batches([], (folders, 0.34, 0), 5, 2, 32, 3, 12, workers=2))
+    assert len(inline) == len(ahead) == 9
+    for one, two in zip(inline, ahead, strict=True):
+        assert one.keys() == two.keys()
+        for key in one:
+            assert np.array_equal(one[key], two[key]), key
+
+
+def test_training_with_workers_equals_training_without(tmp_path):
+    data = make_folder(tmp_path / "d")
+    plain = train(tiny_config([data], tmp_path / "plain", steps=3))
+    pooled = train(tiny_config([data], tmp_path / "pooled", steps=3, workers=2))
+    assert state_checksum(load_model(pooled)) == state_checksum(load_model(plain))
+
+
+def test_split_seed_keeps_the_held_out_data_while_the_patches_change(tmp_path):
+    data = make_folder(tmp_path / "d", n=9)
+    base = tiny_config([data], tmp_path / "a", steps=1, val_fraction=0.5)
+    moved = tiny_config([data], tmp_path / "b", steps=1, val_fraction=0.5, seed=3)
+    kept = tiny_config([data], tmp_path / "c", steps=1, val_fraction=0.5, seed=3, split_seed=0)
+    val = {}
+    for name, config in (("base", base), ("moved", moved), ("kept", kept)):
+        dataset = load_dataset(data, config.val_fraction, config.held_out_seed)
+        val[name] = sorted(s.stem for s in dataset.val)
+    assert val["kept"] == val["base"] != val["moved"]

@@ -34,6 +34,13 @@ def train(
     batch_size: Annotated[int, typer.Option(help="128×128 patches per step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Seed for the split, the patches and the init.")] = 0,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed for the validation split and patches alone (default: --seed); keep a "
+            "fine-tune's held-out data that of the run it starts from."
+        ),
+    ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Share of groups held out when a folder has no splits.txt.")
     ] = 0.2,
@@ -59,6 +66,12 @@ def train(
     mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",
     merge: Annotated[str, typer.Option(help="learned or max.")] = "learned",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Processes that cut patches ahead of the model (0: in the training loop)."
+        ),
+    ] = 0,
 ) -> None:
     """Train a refiner on your own data (or fine-tune one with --init)."""
     import torch
@@ -78,11 +91,13 @@ def train(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        split_seed=split_seed,
         val_fraction=val_fraction,
         val_patches=val_patches,
         init=init,
         until=until,
         device=device,
+        workers=workers,
         model=ModelConfig(
             hidden=hidden,
             gate_groups=gate_groups,

@@ -24,6 +24,7 @@ from spnrefine.checkpoint import CONFIG_FILE, load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.train.data import IGNORE, Dataset, load_dataset, sample_batch
+from spnrefine.train.prefetch import batches
 from spnrefine.train.validate import PatchScores
 from spnrefine.weights import load_weights
 
@@ -42,13 +43,19 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 100
     seed: int = 0
+    split_seed: int | None = None  # the validation split and patches (None: seed)
     val_fraction: float = 0.2
     val_patches: int = 64
     val_factor: float = 8.0
     init: str | None = None  # fine-tune: start from these weights
     until: int | None = None  # stop after this step (a later --resume goes on)
     device: str = "cpu"
+    workers: int = 0  # processes that prepare batches ahead of the model (0: in the loop)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def held_out_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +113,7 @@ def validation_sets(datasets: list[Dataset], config: TrainConfig) -> list[dict[s
     """Fixed validation patches per dataset: ×``val_factor`` coarse maps, no augmentation."""
     sets = []
     for i, dataset in enumerate(datasets):
-        rng = np.random.default_rng([config.seed, 7919, i])
+        rng = np.random.default_rng([config.held_out_seed, 7919, i])
         sets.append(
             sample_batch(
                 dataset, rng, config.val_patches, config.model.tile, "val", False, config.val_factor
@@ -144,7 +151,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     out = Path(config.out)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    datasets = [load_dataset(d, config.val_fraction, config.seed) for d in config.data]
+    datasets = [load_dataset(d, config.val_fraction, config.held_out_seed) for d in config.data]
     for d in datasets:
         if not d.val:
             raise SpnrefineError(
@@ -190,12 +197,19 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("training", total=config.steps, completed=step, loss=0.0)
         last = config.steps if config.until is None else min(config.until, config.steps)
-        while step < last:
-            rng = np.random.default_rng([config.seed, step])
-            dataset = datasets[int(rng.integers(len(datasets)))]
-            batch = _to_torch(
-                sample_batch(dataset, rng, config.batch_size, config.model.tile), device
-            )
+        source = (config.data, config.val_fraction, config.held_out_seed)
+        stream = batches(
+            datasets,
+            source,
+            config.seed,
+            config.batch_size,
+            config.model.tile,
+            step,
+            last,
+            config.workers,
+        )
+        for prepared in stream:
+            batch = _to_torch(prepared, device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
             logits = model(batch["image"], batch["coarse"])

@@ -1,0 +1,80 @@
+"""Training batches, cut in the loop or ahead of it by worker processes.
+
+A step's batch is a function of (seed, step) alone, so workers change when a batch is made,
+never what it holds: a run with ``--workers`` equals one without, bit for bit. The workers
+are spawned, not forked (a fork inherits OpenCV's and OpenMP's thread pools, which can hang
+in the child, and a CUDA context that must not be touched there); each loads the data folders
+itself, with the same split.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from spnrefine.train.data import Dataset, load_dataset, sample_batch
+
+Source = tuple[Sequence[str], float, int]  # data folders, validation fraction, split seed
+AHEAD = 4  # batches waiting per worker
+
+
+def step_batch(
+    datasets: list[Dataset], seed: int, batch_size: int, tile: int, step: int
+) -> dict[str, np.ndarray]:
+    """The batch of ``step``: its data folder and patches both drawn from (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    dataset = datasets[int(rng.integers(len(datasets)))]
+    return sample_batch(dataset, rng, batch_size, tile)
+
+
+_worker: dict = {}
+
+
+def _init_worker(source: Source, seed: int, batch_size: int, tile: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one core's worth of patch cutting per worker
+    folders, val_fraction, split_seed = source
+    _worker["datasets"] = [load_dataset(d, val_fraction, split_seed) for d in folders]
+    _worker["args"] = (seed, batch_size, tile)
+
+
+def _cut(step: int) -> dict[str, np.ndarray]:
+    seed, batch_size, tile = _worker["args"]
+    return step_batch(_worker["datasets"], seed, batch_size, tile, step)
+
+
+def batches(
+    datasets: list[Dataset],
+    source: Source,
+    seed: int,
+    batch_size: int,
+    tile: int,
+    first: int,
+    last: int,
+    workers: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of steps ``first..last-1`` in order. With ``workers`` > 0, that many
+    processes cut them ahead (at most ``AHEAD`` per worker waiting) from ``source``, which
+    must load to ``datasets``; with 0, the caller's ``datasets`` are used in the loop."""
+    if workers <= 0:
+        for step in range(first, last):
+            yield step_batch(datasets, seed, batch_size, tile, step)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _init_worker, (source, seed, batch_size, tile)) as pool:
+        pending: deque = deque()
+        upcoming = iter(range(first, last))
+        for step in upcoming:
+            pending.append(pool.apply_async(_cut, (step,)))
+            if len(pending) >= AHEAD * workers:
+                break
+        while pending:
+            batch = pending.popleft().get()
+            step = next(upcoming, None)
+            if step is not None:
+                pending.append(pool.apply_async(_cut, (step,)))
+            yield batch
