@@ -251,3 +251,13 @@ def test_split_seed_keeps_the_held_out_data_while_the_patches_change(tmp_path):
         dataset = load_dataset(data, config.val_fraction, config.held_out_seed)
         val[name] = sorted(s.stem for s in dataset.val)
     assert val["kept"] == val["base"] != val["moved"]
+
+
+def test_resume_with_another_seed_or_split_is_refused(tmp_path):
+    data = make_folder(tmp_path / "d")
+    train(tiny_config([data], tmp_path / "run", steps=4, until=2, seed=2, split_seed=0))
+    for kw in ({"seed": 0}, {"seed": 2}, {"seed": 2, "split_seed": 1}):
+        with pytest.raises(SpnrefineError, match="--seed 2 --split-seed 0"):
+            train(tiny_config([data], tmp_path / "run", steps=4, **kw), resume=True)
+    resumed = train(tiny_config([data], tmp_path / "run", steps=4, seed=2, split_seed=0), True)
+    assert json.loads((resumed / "train_state.json").read_text())["step"] == 4

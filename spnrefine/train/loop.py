@@ -141,6 +141,22 @@ def evaluate(model: SPNRefiner, datasets, val_sets, device, batch_size: int = 16
     return results
 
 
+def _check_resume(out: Path, config: TrainConfig) -> None:
+    """A resumed run must draw the batches and hold out the data the run began with."""
+    if not (out / STATE_JSON).is_file():
+        raise SpnrefineError("nothing to resume (no train_state.json)", out)
+    saved = json.loads((out / STATE_JSON).read_text()).get("config", {})
+    was_seed = saved.get("seed", config.seed)
+    was_split = saved.get("split_seed")
+    was_held_out = was_seed if was_split is None else was_split
+    if (was_seed, was_held_out) != (config.seed, config.held_out_seed):
+        raise SpnrefineError(
+            f"the run was started with --seed {was_seed} --split-seed {was_held_out}; "
+            "resume it with the same",
+            out,
+        )
+
+
 def _score(results: list[dict]) -> float:
     return float(np.mean([r["refined"]["score"] for r in results]))
 
@@ -150,6 +166,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     console = console or Console(stderr=True)
     out = Path(config.out)
     device = torch.device(config.device)
+    if resume:
+        _check_resume(out, config)
     torch.manual_seed(config.seed)
     datasets = [load_dataset(d, config.val_fraction, config.held_out_seed) for d in config.data]
     for d in datasets:
@@ -164,8 +182,6 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
     step, history = 0, []
     if resume:
-        if not (out / STATE_JSON).is_file():
-            raise SpnrefineError("nothing to resume (no train_state.json)", out)
         model = load_model(out).train()
         config.model = model.config
     elif config.init:
