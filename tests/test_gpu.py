@@ -57,7 +57,7 @@ def test_bundled_refiner_on_the_gpu_gives_the_cpu_result():
     assert got.tiles.refined == want.tiles.refined > 0
 
 
-def test_training_steps_on_the_gpu_lower_the_loss(tmp_path):
+def test_training_steps_on_the_gpu_lower_the_loss():
     from spnrefine.model import ModelConfig, SPNRefiner
     from spnrefine.train.loop import refinement_loss
 

@@ -55,10 +55,15 @@ class TrainConfig:
 
     @property
     def held_out_seed(self) -> int:
-        return self.seed if self.split_seed is None else self.split_seed
+        return held_out_seed(self.seed, self.split_seed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def held_out_seed(seed: int, split_seed: int | None) -> int:
+    """The seed of the validation split and patches: --split-seed, or else --seed."""
+    return seed if split_seed is None else split_seed
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -147,8 +152,7 @@ def _check_resume(out: Path, config: TrainConfig) -> None:
         raise SpnrefineError("nothing to resume (no train_state.json)", out)
     saved = json.loads((out / STATE_JSON).read_text()).get("config", {})
     was_seed = saved.get("seed", config.seed)
-    was_split = saved.get("split_seed")
-    was_held_out = was_seed if was_split is None else was_split
+    was_held_out = held_out_seed(was_seed, saved.get("split_seed"))
     if (was_seed, was_held_out) != (config.seed, config.held_out_seed):
         raise SpnrefineError(
             f"the run was started with --seed {was_seed} --split-seed {was_held_out}; "
