@@ -32,9 +32,8 @@ from spnrefine.metrics import (
     mba,
     mean_boundary_f,
 )
-from spnrefine.train.data import split_stems
+from spnrefine.train.data import VAL_FRACTION, split_stems
 
-VAL_FRACTION = 0.2  # spnrefine train's default --val-fraction
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11

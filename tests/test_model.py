@@ -8,6 +8,7 @@ from torch import nn
 
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.model.fast import fold_batchnorm, normalize_gates_inplace
+from spnrefine.model.grow import widen_guidance
 from spnrefine.propagation import normalize_gates
 
 
@@ -111,3 +112,38 @@ def test_light_guidance_costs_less_than_the_unet():
     light = macs(SPNRefiner(ModelConfig()))
     unet = macs(SPNRefiner(ModelConfig(guidance="unet", gate_groups=8, widths=(16, 32, 48, 64))))
     assert light < 0.5 * unet
+
+
+@pytest.mark.parametrize("widths", [(8, 16, 24), (12, 16, 40)])
+def test_widened_guidance_computes_what_the_trained_one_did(widths):
+    narrow = _nontrivial(ModelConfig(hidden=4, gate_groups=2, widths=(8, 16, 24), readout=6))
+    torch.manual_seed(3)
+    wide = widen_guidance(narrow, widths)
+    assert wide.config.widths == widths and wide.config.hidden == 4
+    image, probs = _inputs(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(image, probs), narrow(image, probs), rtol=0, atol=1e-6)
+    if widths == narrow.config.widths:
+        return
+    # The new channels are live: the zero weights that read them have gradients, and moving
+    # one changes the output.
+    wide.train()
+    wide(image, probs).square().mean().backward()
+    reader = wide.guidance.up[0][0].weight  # reads [upsampled ¼-res features, ½-res skip]
+    fresh = reader.grad[:, 24:40]  # ¼-res channels 24..39 did not exist before
+    assert torch.all(reader[:, 24:40] == 0) and fresh.abs().sum() > 0
+    with torch.no_grad():
+        reader[:, 24:40] = 0.1
+    wide.eval()
+    with torch.no_grad():
+        assert (wide(image, probs) - narrow(image, probs)).abs().max() > 1e-3
+
+
+def test_widening_refuses_narrower_or_other_shapes():
+    light = SPNRefiner(ModelConfig(widths=(8, 16, 24)))
+    for widths in [(8, 12, 24), (8, 16), (8, 16, 24, 32)]:
+        with pytest.raises(ValueError, match="each at least the trained 8,16,24"):
+            widen_guidance(light, widths)
+    unet = SPNRefiner(ModelConfig(guidance="unet", widths=(8, 16)))
+    with pytest.raises(ValueError, match="only the light guidance net"):
+        widen_guidance(unet, (8, 32))

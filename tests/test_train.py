@@ -220,6 +220,34 @@ def test_fine_tune_starts_from_given_weights(tmp_path):
     assert state_checksum(after) != state_checksum(SPNRefiner(TINY))
 
 
+def test_fine_tune_can_widen_the_guidance_net(tmp_path):
+    data = make_folder(tmp_path / "d")
+    base = train(tiny_config([data], tmp_path / "base", steps=2))
+    tuned = train(
+        tiny_config([data], tmp_path / "wide", steps=2, init=str(base), widen_to=(8, 24), lr=0.0)
+    )
+    start, after = load_model(base), load_model(tuned)
+    assert after.config.widths == (8, 24) and after.num_parameters() > start.num_parameters()
+    old = start.guidance.down[1][0][0].weight  # 16 → 24 output channels, the old ones first
+    assert torch.equal(after.guidance.down[1][0][0].weight[:16], old)
+    with pytest.raises(SpnrefineError, match="each at least the trained 8,16"):
+        train(tiny_config([data], tmp_path / "narrow", steps=1, init=str(base), widen_to=(8, 8)))
+
+
+def test_train_cli_refuses_architecture_flags_with_init(tmp_path):
+    from typer.testing import CliRunner
+
+    from spnrefine.cli import app
+
+    data = make_folder(tmp_path / "d")
+    base = train(tiny_config([data], tmp_path / "base", steps=1))
+    args = ["train", str(data), "--out", str(tmp_path / "x"), "--init", str(base)]
+    result = CliRunner().invoke(app, [*args, "--hidden", "4", "--merge", "max"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())  # rich boxes and wraps the message
+    assert "--hidden, --merge: fixed by the --init weights" in text
+
+
 def test_worker_processes_cut_the_same_batches_in_the_same_order(tmp_path):
     from spnrefine.train.prefetch import batches
 

@@ -55,16 +55,27 @@ def train(
     until: Annotated[
         int | None, typer.Option(help="Stop after this step; --resume goes on later.")
     ] = None,
-    hidden: Annotated[int, typer.Option(help="Propagated channels per class.")] = 8,
+    hidden: Annotated[
+        int | None, typer.Option(help="Propagated channels per class. [default: 8]")
+    ] = None,
     gate_groups: Annotated[
-        int, typer.Option(help="Gate sets predicted per pixel (must divide --hidden).")
-    ] = 4,
-    guidance: Annotated[str, typer.Option(help="Guidance net shape: light or unet.")] = "light",
+        int | None,
+        typer.Option(help="Gate sets predicted per pixel (must divide --hidden). [default: 4]"),
+    ] = None,
+    guidance: Annotated[
+        str | None, typer.Option(help="Guidance net shape: light or unet. [default: light]")
+    ] = None,
     widths: Annotated[
-        str, typer.Option(help="Guidance widths per scale, full resolution first.")
-    ] = "12,24,32,48",
-    mode: Annotated[str, typer.Option(help="three_way or one_way.")] = "three_way",
-    merge: Annotated[str, typer.Option(help="learned or max.")] = "learned",
+        str | None,
+        typer.Option(
+            help="Guidance widths per scale, full resolution first. With --init: widen the "
+            "light guidance net of those weights to these widths. [default: 12,24,32,48]"
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="three_way or one_way. [default: three_way]")
+    ] = None,
+    merge: Annotated[str | None, typer.Option(help="learned or max. [default: learned]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -83,6 +94,20 @@ def train(
     console = stderr_console()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    architecture = {
+        "hidden": hidden,
+        "gate_groups": gate_groups,
+        "guidance": guidance,
+        "mode": mode,
+        "merge": merge,
+    }
+    given = {name: value for name, value in architecture.items() if value is not None}
+    if init and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise typer.BadParameter(f"{flags}: fixed by the --init weights (only --widths can grow)")
+    if widths and not init:
+        given["widths"] = parse_widths(widths)
+    model_config = ModelConfig(**given)
     config = TrainConfig(
         data=[str(d) for d in data],
         out=str(out),
@@ -98,14 +123,8 @@ def train(
         until=until,
         device=device,
         workers=workers,
-        model=ModelConfig(
-            hidden=hidden,
-            gate_groups=gate_groups,
-            guidance=guidance,
-            widths=parse_widths(widths),
-            mode=mode,
-            merge=merge,
-        ),
+        model=model_config,
+        widen_to=parse_widths(widths) if init and widths else None,
     )
     try:
         config.model.check()

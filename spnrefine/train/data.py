@@ -21,6 +21,7 @@ from spnrefine.errors import SpnrefineError
 from spnrefine.upsample import upsample_probs
 
 IGNORE = 255
+VAL_FRACTION = 0.2  # share of groups held out when a folder has no splits.txt
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 
@@ -101,7 +102,7 @@ def split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) ->
     return {s for s in stems if _group(s) in chosen}
 
 
-def load_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
     """Read a whole data folder into memory and split it into train and validation samples."""
     root = Path(root)
     images_dir, masks_dir, coarse_dir = root / "images", root / "masks", root / "coarse"

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from spnrefine.checkpoint import CONFIG_FILE, load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
-from spnrefine.train.data import IGNORE, Dataset, load_dataset, sample_batch
+from spnrefine.model.grow import widen_guidance
+from spnrefine.train.data import IGNORE, VAL_FRACTION, Dataset, load_dataset, sample_batch
 from spnrefine.train.prefetch import batches
 from spnrefine.train.validate import PatchScores
 from spnrefine.weights import load_weights
@@ -44,10 +45,11 @@ class TrainConfig:
     warmup: int = 100
     seed: int = 0
     split_seed: int | None = None  # the validation split and patches (None: seed)
-    val_fraction: float = 0.2
+    val_fraction: float = VAL_FRACTION
     val_patches: int = 64
     val_factor: float = 8.0
     init: str | None = None  # fine-tune: start from these weights
+    widen_to: tuple[int, ...] | None = None  # fine-tune: widen the init's guidance net first
     until: int | None = None  # stop after this step (a later --resume goes on)
     device: str = "cpu"
     workers: int = 0  # processes that prepare batches ahead of the model (0: in the loop)
@@ -190,6 +192,11 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
         config.model = model.config
     elif config.init:
         model = load_weights(config.init)[0].train()
+        if config.widen_to is not None and tuple(config.widen_to) != model.config.widths:
+            try:
+                model = widen_guidance(model, config.widen_to)
+            except ValueError as err:
+                raise SpnrefineError(str(err), config.init) from None
         config.model = model.config
     else:
         model = SPNRefiner(config.model)
