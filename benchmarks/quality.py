@@ -29,6 +29,7 @@ from spnrefine.metrics import (
     ConfusionMatrix,
     IoUAccumulator,
     boundary_f,
+    boundary_map,
     mba,
     mean_boundary_f,
 )
@@ -38,6 +39,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11
 FACTOR = 8
+NEAR_PX, FAR_PX = 4, 32  # error bands: at the true boundary, and far from any
 GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -130,6 +132,18 @@ def samples(name: str, limit: int | None, split: str, seed: int) -> Iterator[Sam
     return binary_samples(name, limit, split, seed)
 
 
+def error_bands(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Wrong pixels of a binary prediction: all, within NEAR_PX of the true boundary (where a
+    refiner works), and beyond FAR_PX (a missed part or a spurious blob of the segmenter)."""
+    valid = gt != 255
+    edge = boundary_map(gt == 1, valid) | boundary_map((gt == 0) & valid, valid)
+    distance = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 5)
+    wrong = (pred != gt) & valid
+    return np.array(
+        [wrong.sum(), (wrong & (distance <= NEAR_PX)).sum(), (wrong & (distance > FAR_PX)).sum()]
+    )
+
+
 @dataclass
 class Scores:
     """What one method scored on one set."""
@@ -140,6 +154,7 @@ class Scores:
     boundary: list[float] = field(default_factory=list)
     mba: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    errors: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # all, near, far
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         if self.multiclass:
@@ -149,6 +164,7 @@ class Scores:
             self.iou.update(pred, gt)
             self.boundary.append(boundary_f(pred, gt))
             self.mba.append(mba(pred, gt))
+            self.errors += error_bands(pred, gt)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
@@ -218,6 +234,19 @@ def print_table(results: dict[str, dict[str, Scores]]) -> None:
             print(f"{set_name + f' ({n})':<20}{method:<{width}}{cells}")
 
 
+def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
+    print(
+        f"\nwrong pixels (binary sets): all, share within {NEAR_PX} px of the true boundary, "
+        f"share beyond {FAR_PX} px"
+    )
+    for set_name, scores in results.items():
+        for method, s in scores.items():
+            total, near, far = s.errors
+            if s.multiclass or not total:
+                continue
+            print(f"{set_name:<20}{method:<14}{total:>10d}{near / total:>8.1%}{far / total:>8.1%}")
+
+
 def print_grid_ranking(results: dict[str, dict[str, Scores]]) -> None:
     methods = next(iter(results.values())).keys()
     ranking = sorted(
@@ -254,6 +283,8 @@ def main() -> None:
         name: evaluate(name, methods, args.limit, args.split, args.seed) for name in args.sets
     }
     print_table(results)
+    if not args.grid:
+        print_error_bands(results)
     if args.grid:
         print_grid_ranking(results)
 
