@@ -6,6 +6,8 @@ Run from the repository root: python scripts/make_docs_figures.py [--weights W] 
   region of the map each pixel hears from.
 - propagation.png: a step coarse map propagated on a tile of examples/astronaut.jpg with the
   gates the model predicts for that tile.
+- davis-coarse-errors.jpg: where spnrefine is still wrong on three held-out frames with real
+  ISNet maps (red: foreground that is not, blue: foreground missed).
 - results-NAME.jpg: before/after panels. The refined overlay is what
   `spnrefine refine ... --overlay` writes (the command is printed); the coarse overlay is the
   same coarse map upsampled bilinearly, drawn by the same overlay writer.
@@ -477,6 +479,29 @@ def results_figure(case: Case, work: Path, weights: str | None, path: Path) -> N
     save(column([title, row(full), zoom_title, row(zoom)]), path)
 
 
+ERROR_FRAMES = ("blackswan_00030", "car-roundabout_00020", "cows_00030")
+
+
+def errors_figure(refiner: Refiner, path: Path) -> None:
+    """The refined mask's wrong pixels on held-out frames: mostly the segmenter's own mistakes
+    (a missed body, blobs beside the car, a fence post), which no boundary refiner can undo."""
+    panels = []
+    for stem in ERROR_FRAMES:
+        image = load_image(DATA / "davis" / "images" / f"{stem}.jpg")
+        gt = cv2.imread(str(DATA / "davis" / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        h, w = gt.shape
+        small = cv2.imread(str(DATA / "davis-coarse" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        fg = cv2.resize(small.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_LINEAR)
+        pred = refiner.refine_probs(image, np.stack([1 - fg, fg])).argmax(0) == 1
+        picture = image.copy()
+        picture[pred & ~gt] = (230, 30, 30)
+        picture[~pred & gt] = (30, 60, 230)
+        wrong = int((pred != gt).sum())
+        panel = resize(picture, FIGURE_WIDTH // 3 - GAP, (FIGURE_WIDTH // 3 - GAP) * h // w)
+        panels.append(captioned(panel, f"{stem}: {wrong} wrong pixels"))
+    save(row(panels), path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights to use (default: the bundled model)")
@@ -490,6 +515,8 @@ def main() -> int:
 
     three_way_figure(IMG / "three-way.png")
     propagation_figure(refiner, IMG / "propagation.png")
+    if (DATA / "davis-coarse").is_dir():
+        errors_figure(refiner, IMG / "davis-coarse-errors.jpg")
     missing = [c.name for c in cases() if not c.image.is_file()]
     if missing:
         print(f"skipped (no {DATA}): {', '.join(missing)}", file=sys.stderr)
