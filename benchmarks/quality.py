@@ -132,13 +132,17 @@ def samples(name: str, limit: int | None, split: str, seed: int) -> Iterator[Sam
     return binary_samples(name, limit, split, seed)
 
 
-def error_bands(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Wrong pixels of a binary prediction: all, within NEAR_PX of the true boundary (where a
-    refiner works), and beyond FAR_PX (a missed part or a spurious blob of the segmenter)."""
+def boundary_distance(gt: np.ndarray) -> np.ndarray:
+    """Distance in pixels from every pixel to the nearest true boundary of a binary map."""
     valid = gt != 255
     edge = boundary_map(gt == 1, valid) | boundary_map((gt == 0) & valid, valid)
-    distance = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 5)
-    wrong = (pred != gt) & valid
+    return cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def error_bands(pred: np.ndarray, gt: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Wrong pixels of a binary prediction: all, within NEAR_PX of the true boundary (where a
+    refiner works), and beyond FAR_PX (a missed part or a spurious blob of the segmenter)."""
+    wrong = (pred != gt) & (gt != 255)
     return np.array(
         [wrong.sum(), (wrong & (distance <= NEAR_PX)).sum(), (wrong & (distance > FAR_PX)).sum()]
     )
@@ -156,7 +160,8 @@ class Scores:
     seconds: list[float] = field(default_factory=list)
     errors: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # all, near, far
 
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+    def update(self, pred: np.ndarray, gt: np.ndarray, distance: np.ndarray | None) -> None:
+        """Score one image; ``distance`` (binary sets) is ``boundary_distance(gt)``."""
         if self.multiclass:
             self.confusion.update(pred, gt)
             self.boundary.append(mean_boundary_f(pred, gt))
@@ -164,7 +169,7 @@ class Scores:
             self.iou.update(pred, gt)
             self.boundary.append(boundary_f(pred, gt))
             self.mba.append(mba(pred, gt))
-            self.errors += error_bands(pred, gt)
+            self.errors += error_bands(pred, gt, distance)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
@@ -189,12 +194,13 @@ def evaluate(
     scores = {name: Scores(multiclass) for name in methods}
     count = 0
     for sample in samples(set_name, limit, split, seed):
+        distance = None if multiclass else boundary_distance(sample.gt)  # one per image
         for name, refine in methods.items():
             start = time.perf_counter()
             out = refine(sample.image, sample.probs)
             scores[name].seconds.append(time.perf_counter() - start)
             pred = out.argmax(0).astype(np.uint8)
-            scores[name].update(pred, sample.gt)
+            scores[name].update(pred, sample.gt, distance)
         count += 1
         print(f"\r{set_name}: {count}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -283,10 +289,10 @@ def main() -> None:
         name: evaluate(name, methods, args.limit, args.split, args.seed) for name in args.sets
     }
     print_table(results)
-    if not args.grid:
-        print_error_bands(results)
     if args.grid:
         print_grid_ranking(results)
+    else:
+        print_error_bands(results)
 
 
 if __name__ == "__main__":

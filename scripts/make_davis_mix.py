@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from spnrefine.train.data import VAL_FRACTION, _group, split_stems
+from spnrefine.train.data import VAL_FRACTION, group_of, split_stems
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -38,11 +38,11 @@ def main() -> None:
 
     davis, coarse = args.data / "davis", args.data / "davis-coarse"
     stems = sorted(p.stem for p in (davis / "images").iterdir())
-    held_out = {_group(s) for s in split_stems(davis, stems, VAL_FRACTION, args.seed)}
+    held_out = {group_of(s) for s in split_stems(davis, stems, VAL_FRACTION, args.seed)}
     for stem in stems:
         link(davis / "images" / f"{stem}.jpg", args.out / "images" / f"{stem}.jpg")
         link(davis / "masks" / f"{stem}.png", args.out / "masks" / f"{stem}.png")
-    real = [p for p in sorted(coarse.glob("*.png")) if _group(p.stem) not in held_out]
+    real = [p for p in sorted(coarse.glob("*.png")) if group_of(p.stem) not in held_out]
     for path in real:
         link(path, args.out / "coarse" / path.name)
     print(

@@ -487,13 +487,13 @@ def errors_figure(refiner: Refiner, path: Path) -> None:
     (a missed body, blobs beside the car, a fence post), which no boundary refiner can undo."""
     panels = []
     for stem in ERROR_FRAMES:
-        image = load_image(DATA / "davis" / "images" / f"{stem}.jpg")
+        result = refiner.refine(
+            DATA / "davis" / "images" / f"{stem}.jpg", DATA / "davis-coarse" / f"{stem}.png"
+        )
         gt = cv2.imread(str(DATA / "davis" / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 127
         h, w = gt.shape
-        small = cv2.imread(str(DATA / "davis-coarse" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
-        fg = cv2.resize(small.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_LINEAR)
-        pred = refiner.refine_probs(image, np.stack([1 - fg, fg])).argmax(0) == 1
-        picture = image.copy()
+        pred = result.probs.argmax(0) == 1
+        picture = result.image.copy()
         picture[pred & ~gt] = (230, 30, 30)
         picture[~pred & gt] = (30, 60, 230)
         wrong = int((pred != gt).sum())

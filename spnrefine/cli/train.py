@@ -105,8 +105,9 @@ def train(
     if init and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise typer.BadParameter(f"{flags}: fixed by the --init weights (only --widths can grow)")
-    if widths and not init:
-        given["widths"] = parse_widths(widths)
+    parsed_widths = parse_widths(widths) if widths else None
+    if parsed_widths and not init:
+        given["widths"] = parsed_widths
     model_config = ModelConfig(**given)
     config = TrainConfig(
         data=[str(d) for d in data],
@@ -124,7 +125,7 @@ def train(
         device=device,
         workers=workers,
         model=model_config,
-        widen_to=parse_widths(widths) if init and widths else None,
+        widen_to=parsed_widths if init else None,
     )
     try:
         config.model.check()

@@ -13,22 +13,22 @@ import dataclasses
 
 import torch
 
-from spnrefine.model.guidance import NUM_CUES
+from spnrefine.model.guidance import FUSION_EXTRA, GATES_PER_GROUP, NUM_CUES
 from spnrefine.model.refiner import SPNRefiner
-
-EDGE_EXTRA = 4  # the light net's full-resolution fusion is widths[0] + 4 wide (GuidanceNet)
 
 
 @dataclasses.dataclass
 class _Conv:
-    """One guidance convolution: its name, input segments (concatenated) and output width."""
+    """One guidance convolution: its name, input segments (concatenated), output width, and
+    whether a batch norm follows it (named as the next module of its Sequential)."""
 
     name: str
     inputs: list[int]
     out: int
+    norm: bool = True
 
 
-def _light_convs(widths: tuple[int, ...]) -> list[_Conv]:
+def _light_convs(widths: tuple[int, ...], groups: int) -> list[_Conv]:
     """The convolutions of GuidanceNet(arch="light") in order, as its __init__ builds them."""
     n = len(widths)
     convs = [_Conv("guidance.down.0.0", [3 + NUM_CUES], widths[0])]
@@ -38,7 +38,9 @@ def _light_convs(widths: tuple[int, ...]) -> list[_Conv]:
     for j in range(n - 2):  # decoder: [upsampled deeper features, skip] → skip width
         deep, skip = widths[n - 1 - j], widths[n - 2 - j]
         convs.append(_Conv(f"guidance.up.{j}.0", [deep, skip], skip))
-    convs.append(_Conv(f"guidance.up.{n - 2}.0", [widths[1], widths[0]], widths[0] + EDGE_EXTRA))
+    fusion = widths[0] + FUSION_EXTRA
+    convs.append(_Conv(f"guidance.up.{n - 2}.0", [widths[1], widths[0]], fusion))
+    convs.append(_Conv("guidance.head", [fusion], groups * GATES_PER_GROUP, norm=False))
     return convs
 
 
@@ -77,23 +79,19 @@ def widen_guidance(model: SPNRefiner, widths: tuple[int, ...]) -> SPNRefiner:
     old_state, new_state = model.state_dict(), grown.state_dict()
     done = set()
     with torch.no_grad():
-        convs = zip(_light_convs(old_config.widths), _light_convs(widths), strict=True)
-        convs = list(convs) + [
-            (
-                _Conv("guidance.head", [old_config.widths[0] + EDGE_EXTRA], 0),
-                _Conv("guidance.head", [widths[0] + EDGE_EXTRA], 0),
-            )
-        ]
+        groups = old_config.gate_groups
+        convs = zip(
+            _light_convs(old_config.widths, groups), _light_convs(widths, groups), strict=True
+        )
         for old, new in convs:
             weight = new_state[f"{new.name}.weight"]
-            rows = weight.shape[0] if new.name == "guidance.head" else old.out
             index = _input_index(old.inputs, new.inputs)
             fresh = torch.ones(weight.shape[1], dtype=torch.bool)
             fresh[index] = False
             weight[:, fresh] = 0  # nothing reads the new channels yet
-            weight[:rows, index] = old_state[f"{old.name}.weight"]
+            weight[: old.out, index] = old_state[f"{old.name}.weight"]
             done.add(f"{new.name}.weight")
-            if new.name == "guidance.head":
+            if not new.norm:
                 continue
             norm = _batchnorm_of(new.name)
             for part in ("weight", "bias", "running_mean", "running_var"):

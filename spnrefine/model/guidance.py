@@ -11,6 +11,8 @@ from spnrefine.propagation import normalize_gates
 
 # Class-agnostic cues the guidance net sees besides RGB: confidence and margin of the coarse map.
 NUM_CUES = 2
+FUSION_EXTRA = 4  # the light net's full-resolution fusion is widths[0] + this many channels wide
+GATES_PER_GROUP = 4 * 3  # four directions × three neighbours
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
@@ -97,9 +99,9 @@ class GuidanceNet(nn.Module):
             for skip, width in zip(reversed(widths[1:-1]), reversed(widths[2:]), strict=True):
                 self.up.append(_conv(width + skip, skip, act))
             # Full resolution: decoder context + edge features → the gate features.
-            head_in = widths[0] + 4
+            head_in = widths[0] + FUSION_EXTRA
             self.up.append(_conv(widths[1] + widths[0], head_in, act))
-        self.head = nn.Conv2d(head_in, groups * 4 * 3, 1)
+        self.head = nn.Conv2d(head_in, groups * GATES_PER_GROUP, 1)
         # Start near "no propagation" so early training does not smear the coarse map.
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)

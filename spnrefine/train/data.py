@@ -68,7 +68,8 @@ def _stems(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _group(stem: str) -> str:
+def group_of(stem: str) -> str:
+    """A stem's group: the stem without a trailing ``_<digits>`` (a video's frames share one)."""
     return re.sub(r"_\d+$", "", stem)
 
 
@@ -95,11 +96,11 @@ def split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) ->
             if len(parts) == 2 and parts[1].strip() == "val":
                 val.add(parts[0].strip())
         return val
-    groups = sorted({_group(s) for s in stems})
+    groups = sorted({group_of(s) for s in stems})
     rng = np.random.default_rng(seed)
     n_val = int(round(len(groups) * val_fraction))
     chosen = set(rng.permutation(groups)[:n_val].tolist()) if n_val else set()
-    return {s for s in stems if _group(s) in chosen}
+    return {s for s in stems if group_of(s) in chosen}
 
 
 def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
