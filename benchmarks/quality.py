@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the training run's --seed")
     parser.add_argument("--spn", metavar="WEIGHTS", help="also score spnrefine with these weights")
     parser.add_argument("--overlap", type=int, default=None, help="spnrefine tile overlap")
+    parser.add_argument("--tile", type=int, default=None, help="spnrefine tile size")
     args = parser.parse_args()
 
     with_crf = not args.no_crf and importlib.util.find_spec("pydensecrf") is not None
@@ -282,7 +283,11 @@ def main() -> None:
         print("pydensecrf not installed: skipping the CRF", file=sys.stderr)
     methods = grid_methods() if args.grid else default_methods(args.radius, args.eps, with_crf)
     if args.spn:
-        tiling = {} if args.overlap is None else {"overlap": args.overlap}
+        tiling = {
+            name: value
+            for name, value in (("overlap", args.overlap), ("tile", args.tile))
+            if value is not None
+        }
         refiner = Refiner.load(args.spn, **tiling)
         methods["spn"] = refiner.refine_probs
     results = {

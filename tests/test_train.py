@@ -20,7 +20,7 @@ from spnrefine.train.data import (
     split_stems,
     synthesize_coarse,
 )
-from spnrefine.train.loop import TrainConfig, refinement_loss, train
+from spnrefine.train.loop import TrainConfig, WeightAverage, refinement_loss, train
 
 TINY = ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=8, tile=32)
 
@@ -290,3 +290,47 @@ def test_resume_with_another_seed_or_split_is_refused(tmp_path):
             train(tiny_config([data], tmp_path / "run", steps=4, **kw), resume=True)
     resumed = train(tiny_config([data], tmp_path / "run", steps=4, seed=2, split_seed=0), True)
     assert json.loads((resumed / "train_state.json").read_text())["step"] == 4
+
+
+def test_weight_average_follows_the_trained_weights():
+    torch.manual_seed(0)
+    model = SPNRefiner(TINY)
+    average = WeightAverage(model, decay=0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for _ in range(200):
+        average.update(model)
+    # Many updates toward fixed weights converge on them; one update moves only part way.
+    for name, value in average.model.state_dict().items():
+        assert torch.allclose(value.float(), model.state_dict()[name].float(), atol=1e-5), name
+    fresh = WeightAverage(SPNRefiner(TINY), decay=0.5)
+    fresh.model.load_state_dict(start)
+    fresh.update(model)
+    weight = next(k for k in start if k.endswith("weight"))
+    moved = fresh.model.state_dict()[weight] - start[weight]
+    assert 0 < moved.abs().min() and moved.abs().max() < 1.0
+    with pytest.raises(ValueError, match="--ema"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path):
+    data = make_folder(tmp_path / "d")
+    straight = train(tiny_config([data], tmp_path / "straight", steps=4, ema=0.9))
+    plain = train(tiny_config([data], tmp_path / "plain", steps=4))
+    # The saved weights are the average, not the trained weights (those are the plain run's).
+    assert state_checksum(load_model(straight)) != state_checksum(load_model(plain))
+    live = load_file(str(straight / "train_state.safetensors"))
+    trained = {k[len("live.") :]: v for k, v in live.items() if k.startswith("live.")}
+    model = SPNRefiner(load_model(plain).config)
+    model.load_state_dict(trained, strict=True)
+    assert state_checksum(model) == state_checksum(load_model(plain))
+    history = json.loads((straight / "train_state.json").read_text())["history"]
+    assert all("val_live" in h for h in history)
+
+    train(tiny_config([data], tmp_path / "split", steps=4, until=2, ema=0.9))
+    with pytest.raises(SpnrefineError, match="--ema 0.9"):
+        train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
+    resumed = train(tiny_config([data], tmp_path / "split", steps=4, ema=0.9), resume=True)
+    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))

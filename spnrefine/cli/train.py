@@ -76,6 +76,15 @@ def train(
         str | None, typer.Option(help="three_way or one_way. [default: three_way]")
     ] = None,
     merge: Annotated[str | None, typer.Option(help="learned or max. [default: learned]")] = None,
+    ema: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9999,
+            help="Validate and save an exponential moving average of the weights with this "
+            "decay (e.g. 0.999; 0: off).",
+        ),
+    ] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -124,6 +133,7 @@ def train(
         until=until,
         device=device,
         workers=workers,
+        ema=ema,
         model=model_config,
         widen_to=parsed_widths if init else None,
     )

@@ -2,10 +2,14 @@
 
 Each step's batch depends only on (seed, step), so a resumed run sees exactly the batches the
 uninterrupted run would have seen, and the optimizer state is restored from safetensors.
+With ``ema`` > 0 the checkpoints hold an exponential moving average of the weights (the
+trained weights themselves travel in the resume state), which smooths out the step-to-step
+noise of small-batch training.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -53,6 +57,7 @@ class TrainConfig:
     until: int | None = None  # stop after this step (a later --resume goes on)
     device: str = "cpu"
     workers: int = 0  # processes that prepare batches ahead of the model (0: in the loop)
+    ema: float = 0.0  # decay of the weight average that is validated and saved (0: off)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -89,12 +94,51 @@ def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
-def _save_state(out: Path, optimizer: torch.optim.Optimizer, step: int, history: list, cfg):
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
+
+    The decay ramps up as (1 + n) / (10 + n) over the first updates, so the average is not
+    dominated by where it started.
+    """
+
+    def __init__(self, model: SPNRefiner, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"--ema {decay}: must be between 0 and 1")
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model)
+
+    @torch.no_grad()
+    def update(self, model: SPNRefiner) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        live = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(live[name], 1 - decay)
+            else:
+                value.copy_(live[name])
+
+
+_LIVE = "live."  # resume-state prefix of the trained weights when checkpoints hold an average
+
+
+def _save_state(
+    out: Path,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    history: list,
+    cfg,
+    live: SPNRefiner | None = None,
+):
     state = optimizer.state_dict()
     tensors = {}
     for index, slots in state["state"].items():
         for name, value in slots.items():
             tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+    if live is not None:
+        for name, value in live.state_dict().items():
+            tensors[_LIVE + name] = value.detach().cpu().contiguous()
     save_file(tensors, str(out / STATE_TENSORS))
     meta = {
         "step": step,
@@ -105,13 +149,22 @@ def _save_state(out: Path, optimizer: torch.optim.Optimizer, step: int, history:
     (out / STATE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _load_state(out: Path, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+def _load_state(
+    out: Path, optimizer: torch.optim.Optimizer, live: SPNRefiner | None = None
+) -> tuple[int, list]:
+    """Restore the optimizer (and with ``live``, the trained weights under an average)."""
     meta = json.loads((out / STATE_JSON).read_text())
     tensors = load_file(str(out / STATE_TENSORS))
     slots: dict[int, dict] = {}
+    weights = {}
     for key, value in tensors.items():
+        if key.startswith(_LIVE):
+            weights[key[len(_LIVE) :]] = value
+            continue
         index, name = key.split(".", 1)
         slots.setdefault(int(index), {})[name] = value
+    if live is not None:
+        live.load_state_dict(weights, strict=True)
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     return meta["step"], meta["history"]
 
@@ -161,6 +214,11 @@ def _check_resume(out: Path, config: TrainConfig) -> None:
             "resume it with the same",
             out,
         )
+    was_ema = saved.get("ema", 0.0)
+    if was_ema != config.ema:
+        raise SpnrefineError(
+            f"the run was started with --ema {was_ema}; resume it with the same", out
+        )
 
 
 def _score(results: list[dict]) -> float:
@@ -188,7 +246,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
     step, history = 0, []
     if resume:
-        model = load_model(out).train()
+        model = load_model(out).train()  # with --ema: the average; the trained weights follow
         config.model = model.config
     elif config.init:
         model = load_weights(config.init)[0].train()
@@ -205,9 +263,13 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    average = WeightAverage(model, config.ema) if config.ema else None
     if resume:
-        step, history = _load_state(out, optimizer)
+        step, history = _load_state(out, optimizer, model if average else None)
+        if average:
+            average.updates = step
         console.log(f"resuming at step {step} of {config.steps}")
+    saved = average.model if average else model
     out.mkdir(parents=True, exist_ok=True)
     best = max((_score(h["val"]) for h in history), default=-math.inf)
 
@@ -244,24 +306,31 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average:
+                average.update(model)
             step += 1
             value = loss.item()
             running = value if running is None else 0.98 * running + 0.02 * value
             progress.update(task, advance=1, loss=running)
             if step % config.val_every == 0 or step == last:
-                results = evaluate(model, datasets, val_sets, device)
-                history.append(
-                    {"step": step, "loss": running, "time": time.time() - started, "val": results}
-                )
-                save_model(model, out)
-                _save_state(out, optimizer, step, history, config)
+                results = evaluate(saved, datasets, val_sets, device)
+                entry = {"step": step, "loss": running, "time": time.time() - started}
+                entry["val"] = results
+                if average:  # how the trained weights themselves score, for comparison
+                    entry["val_live"] = evaluate(model, datasets, val_sets, device)
+                history.append(entry)
+                save_model(saved, out)
+                _save_state(out, optimizer, step, history, config, model if average else None)
                 if _score(results) > best:
                     best = _score(results)
-                    save_model(model, out / "best")
+                    save_model(saved, out / "best")
                 for r in results:
                     console.log(f"step {step} {Path(r['data']).name}: {_describe(r)}")
+                if average:
+                    live_score = _score(entry["val_live"])
+                    console.log(f"step {step} score {_score(results):.4f} ({live_score:.4f} live)")
     if not (out / "best" / CONFIG_FILE).exists():  # a resumed run that validated nothing new
-        save_model(model, out / "best")
+        save_model(saved, out / "best")
     return out
 
 
