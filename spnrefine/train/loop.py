@@ -314,8 +314,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
             progress.update(task, advance=1, loss=running)
             if step % config.val_every == 0 or step == last:
                 results = evaluate(saved, datasets, val_sets, device)
-                entry = {"step": step, "loss": running, "time": time.time() - started}
-                entry["val"] = results
+                elapsed = time.time() - started
+                entry = {"step": step, "loss": running, "time": elapsed, "val": results}
                 if average:  # how the trained weights themselves score, for comparison
                     entry["val_live"] = evaluate(model, datasets, val_sets, device)
                 history.append(entry)
