@@ -264,8 +264,9 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     average = WeightAverage(model, config.ema) if config.ema else None
+    live = model if average else None  # the trained weights travel in the state under an average
     if resume:
-        step, history = _load_state(out, optimizer, model if average else None)
+        step, history = _load_state(out, optimizer, live)
         if average:
             average.updates = step
         console.log(f"resuming at step {step} of {config.steps}")
@@ -320,7 +321,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
                     entry["val_live"] = evaluate(model, datasets, val_sets, device)
                 history.append(entry)
                 save_model(saved, out)
-                _save_state(out, optimizer, step, history, config, model if average else None)
+                _save_state(out, optimizer, step, history, config, live)
                 if _score(results) > best:
                     best = _score(results)
                     save_model(saved, out / "best")
