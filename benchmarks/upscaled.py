@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from spnrefine.api import Refiner
+from spnrefine.errors import SpnrefineError
 from spnrefine.metrics import boundary_f
 from spnrefine.upsample import upsample_probs
 
@@ -68,7 +69,10 @@ def main() -> None:
     if not stems:
         raise SystemExit(f"{DAVIS}: no frames of {', '.join(sorted(sequences))}")
 
-    refiners = {spec or "bundled": Refiner.load(spec, device="cpu") for spec in specs}
+    try:
+        refiners = {spec or "bundled": Refiner.load(spec, device="cpu") for spec in specs}
+    except SpnrefineError as err:
+        raise SystemExit(f"error: {err}") from None
     scores = {name: Score() for name in ["bilinear", *refiners]}
     for stem in stems:
         image, coarse, truth = build_case(stem)
