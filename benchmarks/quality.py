@@ -4,6 +4,9 @@ Run from the repository root: python benchmarks/quality.py [--split val] [--spn 
 [--limit N] [--grid] [--no-crf]. ``--split val`` keeps only what the default model's training
 held out (the same seeded split as ``spnrefine train``: whole DAVIS sequences, CamVid val, a
 fifth of the horses); davis-coarse is then restricted to the held-out DAVIS sequences.
+On the binary sets it also reports where the wrong pixels lie (at the true boundary or far
+from it) and how much of the true boundary has no predicted boundary near it, and how much
+of that is at thin parts of the object or of the background.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11
 FACTOR = 8
 NEAR_PX, FAR_PX = 4, 32  # error bands: at the true boundary, and far from any
+TOLERANCE_PX = 2  # of the boundary F
+THIN_PX = 9  # parts of a binary map narrower than this count as thin
 GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -139,6 +144,34 @@ def boundary_distance(gt: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 5)
 
 
+def thin_parts(gt: np.ndarray) -> np.ndarray:
+    """Where a binary map is narrower than THIN_PX: foreground that an opening with a disk of
+    that size removes, background that a closing fills, each grown by a pixel so that the
+    boundary on either side of a thin gap counts."""
+    fg = (gt == 1).astype(np.uint8)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (THIN_PX, THIN_PX))
+    opened = cv2.morphologyEx(fg, cv2.MORPH_OPEN, disk)
+    closed = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, disk)
+    thin = ((fg > opened) | (closed > fg)).astype(np.uint8)
+    return cv2.dilate(thin, np.ones((3, 3), np.uint8)) > 0
+
+
+def missed_boundary(pred: np.ndarray, gt: np.ndarray, thin: np.ndarray) -> np.ndarray:
+    """True-boundary pixels of a binary map: all, those at thin parts, those with no predicted
+    boundary within TOLERANCE_PX (what the boundary F's recall misses), and those of them at
+    thin parts."""
+    valid = gt != 255
+    true_edge = boundary_map(gt == 1, valid)
+    pred_edge = boundary_map(pred == 1, valid)
+    distance = cv2.distanceTransform(
+        (~pred_edge).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    missed = true_edge & (distance > TOLERANCE_PX)
+    return np.array(
+        [true_edge.sum(), (true_edge & thin).sum(), missed.sum(), (missed & thin).sum()]
+    )
+
+
 def error_bands(pred: np.ndarray, gt: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Wrong pixels of a binary prediction: all, within NEAR_PX of the true boundary (where a
     refiner works), and beyond FAR_PX (a missed part or a spurious blob of the segmenter)."""
@@ -159,9 +192,11 @@ class Scores:
     mba: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     errors: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # all, near, far
+    missed: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # missed_boundary
 
-    def update(self, pred: np.ndarray, gt: np.ndarray, distance: np.ndarray | None) -> None:
-        """Score one image; ``distance`` (binary sets) is ``boundary_distance(gt)``."""
+    def update(self, pred: np.ndarray, gt: np.ndarray, truth: tuple | None) -> None:
+        """Score one image; ``truth`` (binary sets) is ``(boundary_distance(gt),
+        thin_parts(gt))``."""
         if self.multiclass:
             self.confusion.update(pred, gt)
             self.boundary.append(mean_boundary_f(pred, gt))
@@ -169,7 +204,9 @@ class Scores:
             self.iou.update(pred, gt)
             self.boundary.append(boundary_f(pred, gt))
             self.mba.append(mba(pred, gt))
+            distance, thin = truth
             self.errors += error_bands(pred, gt, distance)
+            self.missed += missed_boundary(pred, gt, thin)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
@@ -194,13 +231,14 @@ def evaluate(
     scores = {name: Scores(multiclass) for name in methods}
     count = 0
     for sample in samples(set_name, limit, split, seed):
-        distance = None if multiclass else boundary_distance(sample.gt)  # one per image
+        # One per image: the distance to the true boundary and the thin parts.
+        truth = None if multiclass else (boundary_distance(sample.gt), thin_parts(sample.gt))
         for name, refine in methods.items():
             start = time.perf_counter()
             out = refine(sample.image, sample.probs)
             scores[name].seconds.append(time.perf_counter() - start)
             pred = out.argmax(0).astype(np.uint8)
-            scores[name].update(pred, sample.gt, distance)
+            scores[name].update(pred, sample.gt, truth)
         count += 1
         print(f"\r{set_name}: {count}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -251,6 +289,21 @@ def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
             if s.multiclass or not total:
                 continue
             print(f"{set_name:<20}{method:<14}{total:>10d}{near / total:>8.1%}{far / total:>8.1%}")
+    print(
+        f"\ntrue boundary with no predicted boundary within {TOLERANCE_PX} px (binary sets): "
+        f"share of the true boundary missed; share of the missed at parts under {THIN_PX} px "
+        f"wide; share of the whole true boundary at such parts"
+    )
+    print(f"{'':34}{'missed':>8}{'thin':>8}{'thin/all':>10}")
+    for set_name, scores in results.items():
+        for method, s in scores.items():
+            edge, thin, missed, missed_thin = s.missed
+            if s.multiclass or not edge:
+                continue
+            print(
+                f"{set_name:<20}{method:<14}{missed / edge:>8.1%}"
+                f"{missed_thin / max(missed, 1):>8.1%}{thin / edge:>10.1%}"
+            )
 
 
 def print_grid_ranking(results: dict[str, dict[str, Scores]]) -> None:
