@@ -35,8 +35,9 @@ FACTOR = 8
 SPEED_BAR = 5.0
 
 
-def build_case(frame: str, folder: Path) -> tuple[Path, Path, np.ndarray]:
-    """Write the 1920×1080 JPEG and its 1/8 binary coarse PNG; return them and the 0/1 GT."""
+def upscaled_case(frame: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A DAVIS frame upscaled to SIZE (bicubic; BGR), its ground truth shrunk ×FACTOR by area
+    and thresholded (the coarse mask, 0/255) and the full-size 0/1 ground truth (nearest)."""
     image = cv2.imread(str(DAVIS / "images" / f"{frame}.jpg"), cv2.IMREAD_COLOR)
     mask = cv2.imread(str(DAVIS / "masks" / f"{frame}.png"), cv2.IMREAD_GRAYSCALE)
     if image is None or mask is None:
@@ -45,9 +46,15 @@ def build_case(frame: str, folder: Path) -> tuple[Path, Path, np.ndarray]:
     gt = cv2.resize((mask > 127).astype(np.uint8), SIZE, interpolation=cv2.INTER_NEAREST)
     small = (SIZE[0] // FACTOR, SIZE[1] // FACTOR)
     coarse = cv2.resize(gt.astype(np.float32), small, interpolation=cv2.INTER_AREA) >= 0.5
+    return image, coarse.astype(np.uint8) * 255, gt
+
+
+def build_case(frame: str, folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """Write the 1920×1080 JPEG and its 1/8 binary coarse PNG; return them and the 0/1 GT."""
+    image, coarse, gt = upscaled_case(frame)
     image_path, coarse_path = folder / f"{frame}.jpg", folder / f"{frame}_coarse.png"
     cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    cv2.imwrite(str(coarse_path), coarse.astype(np.uint8) * 255)
+    cv2.imwrite(str(coarse_path), coarse)
     return image_path, coarse_path, gt
 
 

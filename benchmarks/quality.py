@@ -29,12 +29,14 @@ from spnrefine.api import Refiner
 from spnrefine.baselines import refine_bilinear, refine_crf, refine_guided
 from spnrefine.baselines.guided import DEFAULT_EPS, DEFAULT_RADIUS
 from spnrefine.metrics import (
+    DEFAULT_TOLERANCE_PX,
     ConfusionMatrix,
     IoUAccumulator,
     boundary_f,
     boundary_map,
     mba,
     mean_boundary_f,
+    near,
 )
 from spnrefine.train.data import VAL_FRACTION, split_stems
 
@@ -43,7 +45,6 @@ SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11
 FACTOR = 8
 NEAR_PX, FAR_PX = 4, 32  # error bands: at the true boundary, and far from any
-TOLERANCE_PX = 2  # of the boundary F
 THIN_PX = 9  # parts of a binary map narrower than this count as thin
 GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -156,20 +157,28 @@ def thin_parts(gt: np.ndarray) -> np.ndarray:
     return cv2.dilate(thin, np.ones((3, 3), np.uint8)) > 0
 
 
-def missed_boundary(pred: np.ndarray, gt: np.ndarray, thin: np.ndarray) -> np.ndarray:
-    """True-boundary pixels of a binary map: all, those at thin parts, those with no predicted
-    boundary within TOLERANCE_PX (what the boundary F's recall misses), and those of them at
-    thin parts."""
-    valid = gt != 255
-    true_edge = boundary_map(gt == 1, valid)
-    pred_edge = boundary_map(pred == 1, valid)
-    distance = cv2.distanceTransform(
-        (~pred_edge).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
-    missed = true_edge & (distance > TOLERANCE_PX)
-    return np.array(
-        [true_edge.sum(), (true_edge & thin).sum(), missed.sum(), (missed & thin).sum()]
-    )
+@dataclass
+class Truth:
+    """What the binary scores need of one ground truth, computed once per image."""
+
+    gt: np.ndarray
+    distance: np.ndarray  # boundary_distance(gt)
+    edge: np.ndarray  # its boundary as the boundary F sees it
+    thin: np.ndarray  # thin_parts(gt)
+
+    @classmethod
+    def of(cls, gt: np.ndarray) -> Truth:
+        edge = boundary_map(gt == 1, gt != 255)
+        return cls(gt, boundary_distance(gt), edge, thin_parts(gt))
+
+
+def missed_boundary(pred: np.ndarray, truth: Truth) -> np.ndarray:
+    """True-boundary pixels: all, those at thin parts, those with no predicted boundary within
+    the boundary F's tolerance (what its recall misses), and those of them at thin parts."""
+    pred_edge = boundary_map(pred == 1, truth.gt != 255)
+    missed = truth.edge & ~near(pred_edge)
+    edge, thin = truth.edge, truth.thin
+    return np.array([edge.sum(), (edge & thin).sum(), missed.sum(), (missed & thin).sum()])
 
 
 def error_bands(pred: np.ndarray, gt: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -194,9 +203,8 @@ class Scores:
     errors: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # all, near, far
     missed: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # missed_boundary
 
-    def update(self, pred: np.ndarray, gt: np.ndarray, truth: tuple | None) -> None:
-        """Score one image; ``truth`` (binary sets) is ``(boundary_distance(gt),
-        thin_parts(gt))``."""
+    def update(self, pred: np.ndarray, gt: np.ndarray, truth: Truth | None) -> None:
+        """Score one image; ``truth`` is ``Truth.of(gt)`` on the binary sets."""
         if self.multiclass:
             self.confusion.update(pred, gt)
             self.boundary.append(mean_boundary_f(pred, gt))
@@ -204,9 +212,8 @@ class Scores:
             self.iou.update(pred, gt)
             self.boundary.append(boundary_f(pred, gt))
             self.mba.append(mba(pred, gt))
-            distance, thin = truth
-            self.errors += error_bands(pred, gt, distance)
-            self.missed += missed_boundary(pred, gt, thin)
+            self.errors += error_bands(pred, gt, truth.distance)
+            self.missed += missed_boundary(pred, truth)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
@@ -231,8 +238,7 @@ def evaluate(
     scores = {name: Scores(multiclass) for name in methods}
     count = 0
     for sample in samples(set_name, limit, split, seed):
-        # One per image: the distance to the true boundary and the thin parts.
-        truth = None if multiclass else (boundary_distance(sample.gt), thin_parts(sample.gt))
+        truth = None if multiclass else Truth.of(sample.gt)  # one per image
         for name, refine in methods.items():
             start = time.perf_counter()
             out = refine(sample.image, sample.probs)
@@ -285,14 +291,14 @@ def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
     )
     for set_name, scores in results.items():
         for method, s in scores.items():
-            total, near, far = s.errors
+            total, close, far = s.errors
             if s.multiclass or not total:
                 continue
-            print(f"{set_name:<20}{method:<14}{total:>10d}{near / total:>8.1%}{far / total:>8.1%}")
+            print(f"{set_name:<20}{method:<14}{total:>10d}{close / total:>8.1%}{far / total:>8.1%}")
     print(
-        f"\ntrue boundary with no predicted boundary within {TOLERANCE_PX} px (binary sets): "
-        f"share of the true boundary missed; share of the missed at parts under {THIN_PX} px "
-        f"wide; share of the whole true boundary at such parts"
+        f"\ntrue boundary with no predicted boundary within {DEFAULT_TOLERANCE_PX:g} px "
+        f"(binary sets): share of the true boundary missed; share of the missed at parts "
+        f"under {THIN_PX} px wide; share of the whole true boundary at such parts"
     )
     print(f"{'':34}{'missed':>8}{'thin':>8}{'thin/all':>10}")
     for set_name, scores in results.items():

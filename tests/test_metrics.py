@@ -13,6 +13,7 @@ from spnrefine.metrics import (
     mba,
     mba_radii,
     mean_boundary_f,
+    near,
 )
 
 SIDE = 10
@@ -38,6 +39,15 @@ def test_boundary_of_square_is_its_inner_ring():
     ring = boundary_map(square())
     assert ring.sum() == 4 * (SIDE - 1)
     assert not ring[11:19, 11:19].any()
+
+
+def test_near_is_the_euclidean_disk_inclusive():
+    point = np.zeros((9, 9), bool)
+    point[4, 4] = True
+    yy, xx = np.mgrid[-4:5, -4:5]
+    expected = xx * xx + yy * yy <= 4  # offsets (0, ±2) count, (±1, ±2) and (±2, ±2) do not
+    assert np.array_equal(near(point, 2), expected)
+    assert near(point, 2).sum() == 13
 
 
 def test_boundary_f_of_shifted_square_by_hand():
