@@ -20,7 +20,13 @@ from spnrefine.train.data import (
     split_stems,
     synthesize_coarse,
 )
-from spnrefine.train.loop import TrainConfig, WeightAverage, refinement_loss, train
+from spnrefine.train.loop import (
+    TrainConfig,
+    WeightAverage,
+    refinement_loss,
+    thin_parts,
+    train,
+)
 
 TINY = ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=8, tile=32)
 
@@ -180,6 +186,42 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     before = loss_of(SPNRefiner(TINY))
     out = train(config)
     assert loss_of(load_model(out)) < 0.8 * before
+
+
+def test_thin_parts_are_what_an_opening_removes_per_class():
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[0, 10:36, 10:40] = 1  # a thick square ...
+    labels[0, 20:22, 10:40] = 0  # ... cut by a 2 px background gap
+    labels[0, 46:49, 5:] = 1  # a 3 px line, 10 px below the square
+    labels[0, 58:64, 0:64] = 1  # 6 px thick but cut by the patch edge: not thin, nor the gap
+    labels[0, 0:5, 0:5] = IGNORE
+    thin = thin_parts(labels, 2)
+    assert thin[0, 20:22, 10:40].all() and thin[0, 46:49, 5:].all()
+    assert not thin[0, 49:, :].any()
+    assert not thin[0, 10:20, 10:40].any() and not thin[0, 22:36, 10:40].any()
+    assert not thin[0, :5, :5].any()  # ignored pixels are never thin
+    assert thin.sum() == 2 * 30 + 3 * 59
+    assert not thin_parts(labels, 2, width=1).any()
+
+
+def test_thin_weight_raises_the_loss_of_missing_a_thin_part():
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, :, 14:17] = 1  # a 3 px line
+    labels[0, :, 24:] = 1  # a thick part
+    coarse = torch.full((1, 2, 32, 32), 0.5)
+    miss_thin = torch.zeros(1, 2, 32, 32)
+    miss_thin[:, 1, :, 24:] = 4.0  # the thick part right, the line missed
+    miss_thin[:, 0] = 2.0
+    miss_thick = torch.zeros(1, 2, 32, 32)
+    miss_thick[:, 1, :, 14:17] = 4.0
+    miss_thick[:, 1, :, 27:] = 4.0  # 3 px of the thick part's edge missed
+    miss_thick[:, 0] = 2.0
+    plain = [refinement_loss(x, labels, coarse).item() for x in (miss_thin, miss_thick)]
+    thin = [
+        refinement_loss(x, labels, coarse, thin_weight=4).item() for x in (miss_thin, miss_thick)
+    ]
+    assert plain[0] == pytest.approx(plain[1])  # the same number of pixels wrong
+    assert thin[0] > thin[1]
 
 
 def test_checkpoint_round_trips_exactly(tmp_path):

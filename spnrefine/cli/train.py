@@ -85,6 +85,13 @@ def train(
             "decay (e.g. 0.999; 0: off).",
         ),
     ] = 0.0,
+    thin_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Extra loss weight on parts under 9 px wide, foreground or gaps (0: off).",
+        ),
+    ] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -134,6 +141,7 @@ def train(
         device=device,
         workers=workers,
         ema=ema,
+        thin_weight=thin_weight,
         model=model_config,
         widen_to=parsed_widths if init else None,
     )
