@@ -172,13 +172,27 @@ class Truth:
         return cls(gt, boundary_distance(gt), edge, thin_parts(gt))
 
 
-def missed_boundary(pred: np.ndarray, truth: Truth) -> np.ndarray:
-    """True-boundary pixels: all, those at thin parts, those with no predicted boundary within
-    the boundary F's tolerance (what its recall misses), and those of them at thin parts."""
+def boundary_misses(pred: np.ndarray, truth: Truth) -> np.ndarray:
+    """Both sides of the boundary F, in pixels. Recall side: the true boundary, that at thin
+    parts, that with no predicted boundary within the tolerance (missed), and of it that at
+    thin parts. Precision side: the predicted boundary, that with no true boundary within the
+    tolerance (extra), and of it that at thin parts of the prediction."""
     pred_edge = boundary_map(pred == 1, truth.gt != 255)
     missed = truth.edge & ~near(pred_edge)
+    extra = pred_edge & ~near(truth.edge)
     edge, thin = truth.edge, truth.thin
-    return np.array([edge.sum(), (edge & thin).sum(), missed.sum(), (missed & thin).sum()])
+    pred_thin = thin_parts(np.where(truth.gt == 255, 255, pred))
+    return np.array(
+        [
+            edge.sum(),
+            (edge & thin).sum(),
+            missed.sum(),
+            (missed & thin).sum(),
+            pred_edge.sum(),
+            extra.sum(),
+            (extra & pred_thin).sum(),
+        ]
+    )
 
 
 def error_bands(pred: np.ndarray, gt: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -201,7 +215,7 @@ class Scores:
     mba: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     errors: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # all, near, far
-    missed: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # missed_boundary
+    missed: np.ndarray = field(default_factory=lambda: np.zeros(7, np.int64))  # boundary_misses
 
     def update(self, pred: np.ndarray, gt: np.ndarray, truth: Truth | None) -> None:
         """Score one image; ``truth`` is ``Truth.of(gt)`` on the binary sets."""
@@ -213,7 +227,7 @@ class Scores:
             self.boundary.append(boundary_f(pred, gt))
             self.mba.append(mba(pred, gt))
             self.errors += error_bands(pred, gt, truth.distance)
-            self.missed += missed_boundary(pred, truth)
+            self.missed += boundary_misses(pred, truth)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
@@ -296,19 +310,22 @@ def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
                 continue
             print(f"{set_name:<20}{method:<14}{total:>10d}{close / total:>8.1%}{far / total:>8.1%}")
     print(
-        f"\ntrue boundary with no predicted boundary within {DEFAULT_TOLERANCE_PX:g} px "
-        f"(binary sets): share of the true boundary missed; share of the missed at parts "
-        f"under {THIN_PX} px wide; share of the whole true boundary at such parts"
+        f"\nboundary F's misses at {DEFAULT_TOLERANCE_PX:g} px (binary sets). Recall side: share "
+        f"of the true boundary with no predicted boundary that near (missed), share of that at "
+        f"parts under {THIN_PX} px wide (thin), share of the whole true boundary at such parts. "
+        f"Precision side: share of the predicted boundary with no true boundary that near "
+        f"(extra), share of that at thin parts of the prediction"
     )
-    print(f"{'':34}{'missed':>8}{'thin':>8}{'thin/all':>10}")
+    print(f"{'':34}{'missed':>8}{'thin':>8}{'thin/all':>10}{'extra':>8}{'thin':>8}")
     for set_name, scores in results.items():
         for method, s in scores.items():
-            edge, thin, missed, missed_thin = s.missed
+            edge, thin, missed, missed_thin, pred_edge, extra, extra_thin = s.missed
             if s.multiclass or not edge:
                 continue
             print(
                 f"{set_name:<20}{method:<14}{missed / edge:>8.1%}"
                 f"{missed_thin / max(missed, 1):>8.1%}{thin / edge:>10.1%}"
+                f"{extra / max(pred_edge, 1):>8.1%}{extra_thin / max(extra, 1):>8.1%}"
             )
 
 
