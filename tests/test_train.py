@@ -376,3 +376,27 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path):
         train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
     resumed = train(tiny_config([data], tmp_path / "split", steps=4, ema=0.9), resume=True)
     assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+
+
+def test_average_weights_is_the_mean_and_refuses_other_architectures(tmp_path):
+    from spnrefine.train.average import average_weights
+
+    torch.manual_seed(3)
+    first, second = SPNRefiner(TINY), SPNRefiner(TINY)
+    for p in second.parameters():
+        p.data.normal_()
+    save_model(first, tmp_path / "a")
+    save_model(second, tmp_path / "b")
+    averaged = average_weights([str(tmp_path / "a"), str(tmp_path / "b")])
+    for name, value in averaged.state_dict().items():
+        if value.is_floating_point():
+            mean = (first.state_dict()[name] + second.state_dict()[name]) / 2
+            torch.testing.assert_close(value, mean)
+    assert averaged.config.extra["averaged"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    save_model(
+        SPNRefiner(ModelConfig(hidden=4, gate_groups=2, widths=(8, 16), tile=32)), tmp_path / "c"
+    )
+    with pytest.raises(SpnrefineError, match="not the architecture"):
+        average_weights([str(tmp_path / "a"), str(tmp_path / "c")])
+    with pytest.raises(SpnrefineError, match="at least two"):
+        average_weights([str(tmp_path / "a")])

@@ -1,0 +1,41 @@
+"""Average the weights of several trained models of one architecture (a "model soup").
+
+Fine-tunes that start from the same weights stay close enough that their average is itself
+a good model, often between or above them: the default weights are such an average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from spnrefine.errors import SpnrefineError
+from spnrefine.model import SPNRefiner
+from spnrefine.weights import load_weights
+
+
+def average_weights(specs: list[str]) -> SPNRefiner:
+    """The element-wise mean of the weights (and BatchNorm statistics) of ``specs``."""
+    if len(specs) < 2:
+        raise SpnrefineError("give at least two sets of weights to average", ", ".join(specs))
+    models = [load_weights(spec)[0] for spec in specs]
+    first = models[0]
+
+    def architecture(model: SPNRefiner):
+        return dataclasses.replace(model.config, extra={})
+
+    for spec, model in zip(specs[1:], models[1:], strict=True):
+        if architecture(model) != architecture(first):
+            raise SpnrefineError(f"not the architecture of {specs[0]}", spec)
+    states = [model.state_dict() for model in models]
+    averaged = {}
+    with torch.no_grad():
+        for name, value in states[0].items():
+            if value.is_floating_point():
+                averaged[name] = torch.stack([s[name] for s in states]).mean(0)
+            else:  # counters such as num_batches_tracked: keep the first's
+                averaged[name] = value
+    first.load_state_dict(averaged)
+    first.config.extra = {**first.config.extra, "averaged": list(specs)}
+    return first
