@@ -378,6 +378,18 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path):
     assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
 
 
+def test_thin_weight_run_resumes_exactly_and_only_with_the_same_weight(tmp_path):
+    data = make_folder(tmp_path / "d")
+    straight = train(tiny_config([data], tmp_path / "straight", steps=4, thin_weight=4.0))
+    plain = train(tiny_config([data], tmp_path / "plain", steps=4))
+    assert state_checksum(load_model(straight)) != state_checksum(load_model(plain))
+    train(tiny_config([data], tmp_path / "split", steps=4, until=2, thin_weight=4.0))
+    with pytest.raises(SpnrefineError, match="--thin-weight 4.0"):
+        train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
+    resumed = train(tiny_config([data], tmp_path / "split", steps=4, thin_weight=4.0), resume=True)
+    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+
+
 def test_average_weights_is_the_mean_and_refuses_other_architectures(tmp_path):
     from spnrefine.train.average import average_weights
 

@@ -107,9 +107,9 @@ def refinement_loss(
 ):
     """Cross-entropy, weighted up where the coarse map is unsure (that is where the work is).
 
-    With ``thin_weight``, pixels of thin parts (which a coarse map blurs away, sure of the
-    wrong class, and which hold most of the boundary a refiner still misses) weigh that much
-    more.
+    With ``thin_weight``, pixels of thin parts weigh that much more: a coarse map blurs them
+    to a pixel or less, and they are a few per cent of a patch's pixels but hold most of the
+    boundary a refiner still misses.
     """
     top = coarse.topk(2, dim=1).values
     weight = 1 + 3 * (1 - (top[:, 0] - top[:, 1]))
@@ -244,11 +244,12 @@ def _check_resume(out: Path, config: TrainConfig) -> None:
             "resume it with the same",
             out,
         )
-    was_ema = saved.get("ema", 0.0)
-    if was_ema != config.ema:
-        raise SpnrefineError(
-            f"the run was started with --ema {was_ema}; resume it with the same", out
-        )
+    for flag, name in (("--ema", "ema"), ("--thin-weight", "thin_weight")):
+        was = saved.get(name, 0.0)
+        if was != getattr(config, name):
+            raise SpnrefineError(
+                f"the run was started with {flag} {was}; resume it with the same", out
+            )
 
 
 def _score(results: list[dict]) -> float:
