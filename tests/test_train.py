@@ -357,6 +357,16 @@ def test_weight_average_follows_the_trained_weights():
         WeightAverage(model, decay=1.0)
 
 
+def assert_resumes_exactly_only_with(tmp_path, data, straight, refusal: str, **flags):
+    """A 4-step run stopped at step 2 is refused a resume without ``flags`` and, resumed with
+    them, ends where the uninterrupted run ``straight`` did."""
+    train(tiny_config([data], tmp_path / "split", steps=4, until=2, **flags))
+    with pytest.raises(SpnrefineError, match=refusal):
+        train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
+    resumed = train(tiny_config([data], tmp_path / "split", steps=4, **flags), resume=True)
+    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+
+
 def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path):
     data = make_folder(tmp_path / "d")
     straight = train(tiny_config([data], tmp_path / "straight", steps=4, ema=0.9))
@@ -371,11 +381,7 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path):
     history = json.loads((straight / "train_state.json").read_text())["history"]
     assert all("val_live" in h for h in history)
 
-    train(tiny_config([data], tmp_path / "split", steps=4, until=2, ema=0.9))
-    with pytest.raises(SpnrefineError, match="--ema 0.9"):
-        train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
-    resumed = train(tiny_config([data], tmp_path / "split", steps=4, ema=0.9), resume=True)
-    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+    assert_resumes_exactly_only_with(tmp_path, data, straight, "--ema 0.9", ema=0.9)
 
 
 def test_thin_weight_run_resumes_exactly_and_only_with_the_same_weight(tmp_path):
@@ -383,11 +389,7 @@ def test_thin_weight_run_resumes_exactly_and_only_with_the_same_weight(tmp_path)
     straight = train(tiny_config([data], tmp_path / "straight", steps=4, thin_weight=4.0))
     plain = train(tiny_config([data], tmp_path / "plain", steps=4))
     assert state_checksum(load_model(straight)) != state_checksum(load_model(plain))
-    train(tiny_config([data], tmp_path / "split", steps=4, until=2, thin_weight=4.0))
-    with pytest.raises(SpnrefineError, match="--thin-weight 4.0"):
-        train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
-    resumed = train(tiny_config([data], tmp_path / "split", steps=4, thin_weight=4.0), resume=True)
-    assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
+    assert_resumes_exactly_only_with(tmp_path, data, straight, "--thin-weight 4.0", thin_weight=4.0)
 
 
 def test_average_weights_is_the_mean_and_refuses_other_architectures(tmp_path):
