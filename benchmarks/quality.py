@@ -39,13 +39,14 @@ from spnrefine.metrics import (
     near,
 )
 from spnrefine.train.data import VAL_FRACTION, split_stems
+from spnrefine.train.loop import THIN_WIDTH
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 CAMVID_CLASSES = 11
 FACTOR = 8
 NEAR_PX, FAR_PX = 4, 32  # error bands: at the true boundary, and far from any
-THIN_PX = 9  # parts of a binary map narrower than this count as thin
+THIN_PX = THIN_WIDTH  # parts narrower than this count as thin, as `--thin-weight` trains
 GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
 

@@ -30,12 +30,11 @@ def average_weights(specs: list[str]) -> SPNRefiner:
             raise SpnrefineError(f"not the architecture of {specs[0]}", spec)
     states = [model.state_dict() for model in models]
     averaged = {}
-    with torch.no_grad():
-        for name, value in states[0].items():
-            if value.is_floating_point():
-                averaged[name] = torch.stack([s[name] for s in states]).mean(0)
-            else:  # counters such as num_batches_tracked: keep the first's
-                averaged[name] = value
+    for name, value in states[0].items():  # state_dict tensors carry no gradient
+        if value.is_floating_point():
+            averaged[name] = torch.stack([s[name] for s in states]).mean(0)
+        else:  # counters such as num_batches_tracked: keep the first's
+            averaged[name] = value
     first.load_state_dict(averaged)
     first.config.extra = {**first.config.extra, "averaged": list(specs)}
     return first
