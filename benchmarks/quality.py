@@ -173,14 +173,16 @@ class Truth:
         return cls(gt, boundary_distance(gt), edge, thin_parts(gt))
 
 
-def boundary_misses(pred: np.ndarray, truth: Truth) -> np.ndarray:
+def boundary_misses(
+    pred: np.ndarray, truth: Truth, tolerance: float = DEFAULT_TOLERANCE_PX
+) -> np.ndarray:
     """Both sides of the boundary F, in pixels. Recall side: the true boundary, that at thin
     parts, that with no predicted boundary within the tolerance (missed), and of it that at
     thin parts. Precision side: the predicted boundary, that with no true boundary within the
     tolerance (extra), and of it that at thin parts of the prediction."""
     pred_edge = boundary_map(pred == 1, truth.gt != 255)
-    missed = truth.edge & ~near(pred_edge)
-    extra = pred_edge & ~near(truth.edge)
+    missed = truth.edge & ~near(pred_edge, tolerance)
+    extra = pred_edge & ~near(truth.edge, tolerance)
     edge, thin = truth.edge, truth.thin
     pred_thin = thin_parts(np.where(truth.gt == 255, 255, pred))
     return np.array(
@@ -210,6 +212,7 @@ class Scores:
     """What one method scored on one set."""
 
     multiclass: bool
+    tolerance: float = DEFAULT_TOLERANCE_PX  # of the boundary F, in pixels
     iou: IoUAccumulator = field(default_factory=IoUAccumulator)
     confusion: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(CAMVID_CLASSES))
     boundary: list[float] = field(default_factory=list)
@@ -222,20 +225,20 @@ class Scores:
         """Score one image; ``truth`` is ``Truth.of(gt)`` on the binary sets."""
         if self.multiclass:
             self.confusion.update(pred, gt)
-            self.boundary.append(mean_boundary_f(pred, gt))
+            self.boundary.append(mean_boundary_f(pred, gt, self.tolerance))
         else:
             self.iou.update(pred, gt)
-            self.boundary.append(boundary_f(pred, gt))
+            self.boundary.append(boundary_f(pred, gt, self.tolerance))
             self.mba.append(mba(pred, gt))
             self.errors += error_bands(pred, gt, truth.distance)
-            self.missed += boundary_misses(pred, truth)
+            self.missed += boundary_misses(pred, truth, self.tolerance)
 
     def row(self) -> dict[str, float]:
         """IoU = ΣI/ΣU (binary) or mIoU (multi-class); F and mBA are per-image means."""
         return {
             "IoU": self.confusion.miou() if self.multiclass else self.iou.dataset_iou,
             "mIoU/img": math.nan if self.multiclass else self.iou.mean_iou,
-            "F@2px": float(np.nanmean(self.boundary)),
+            "F": float(np.nanmean(self.boundary)),
             "mBA": float(np.mean(self.mba)) if self.mba else math.nan,
             "ms/img": 1000 * float(np.mean(self.seconds)),
         }
@@ -243,14 +246,19 @@ class Scores:
     def quality(self) -> float:
         """Selection score for the grid: mean of the quality columns this set has."""
         row = self.row()
-        return float(np.nanmean([row["IoU"], row["F@2px"], row["mBA"]]))
+        return float(np.nanmean([row["IoU"], row["F"], row["mBA"]]))
 
 
 def evaluate(
-    set_name: str, methods: dict[str, RefineFn], limit: int | None, split: str, seed: int
+    set_name: str,
+    methods: dict[str, RefineFn],
+    limit: int | None,
+    split: str,
+    seed: int,
+    tolerance: float = DEFAULT_TOLERANCE_PX,
 ) -> dict[str, Scores]:
     multiclass = set_name == "camvid"
-    scores = {name: Scores(multiclass) for name in methods}
+    scores = {name: Scores(multiclass, tolerance) for name in methods}
     count = 0
     for sample in samples(set_name, limit, split, seed):
         truth = None if multiclass else Truth.of(sample.gt)  # one per image
@@ -284,10 +292,11 @@ def grid_methods() -> dict[str, RefineFn]:
     return methods
 
 
-def print_table(results: dict[str, dict[str, Scores]]) -> None:
-    columns = ["IoU", "mIoU/img", "F@2px", "mBA", "ms/img"]
+def print_table(results: dict[str, dict[str, Scores]], tolerance: float) -> None:
+    columns = ["IoU", "mIoU/img", "F", "mBA", "ms/img"]
+    titles = [f"F@{tolerance:g}px" if c == "F" else c for c in columns]
     width = max(len(m) for scores in results.values() for m in scores) + 2
-    print(f"{'set':<20}{'method':<{width}}" + "".join(f"{c:>10}" for c in columns))
+    print(f"{'set':<20}{'method':<{width}}" + "".join(f"{c:>10}" for c in titles))
     for set_name, scores in results.items():
         n = len(next(iter(scores.values())).seconds)
         for method, s in scores.items():
@@ -299,7 +308,7 @@ def print_table(results: dict[str, dict[str, Scores]]) -> None:
             print(f"{set_name + f' ({n})':<20}{method:<{width}}{cells}")
 
 
-def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
+def print_error_bands(results: dict[str, dict[str, Scores]], tolerance: float) -> None:
     print(
         f"\nwrong pixels (binary sets): all, share within {NEAR_PX} px of the true boundary, "
         f"share beyond {FAR_PX} px"
@@ -311,7 +320,7 @@ def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
                 continue
             print(f"{set_name:<20}{method:<14}{total:>10d}{close / total:>8.1%}{far / total:>8.1%}")
     print(
-        f"\nboundary F's misses at {DEFAULT_TOLERANCE_PX:g} px (binary sets). Recall side: share "
+        f"\nboundary F's misses at {tolerance:g} px (binary sets). Recall side: share "
         f"of the true boundary with no predicted boundary that near (missed), share of that at "
         f"parts under {THIN_PX} px wide (thin), share of the whole true boundary at such parts. "
         f"Precision side: share of the predicted boundary with no true boundary that near "
@@ -330,12 +339,12 @@ def print_error_bands(results: dict[str, dict[str, Scores]]) -> None:
             )
 
 
-def print_grid_ranking(results: dict[str, dict[str, Scores]]) -> None:
+def print_grid_ranking(results: dict[str, dict[str, Scores]], tolerance: float) -> None:
     methods = next(iter(results.values())).keys()
     ranking = sorted(
         ((np.mean([results[s][m].quality() for s in results]), m) for m in methods), reverse=True
     )
-    print("\nmean over sets of mean(IoU, F@2px, mBA):")
+    print(f"\nmean over sets of mean(IoU, F@{tolerance:g}px, mBA):")
     for score, method in ranking:
         print(f"  {score:.4f}  {method}")
 
@@ -353,6 +362,14 @@ def main() -> None:
     parser.add_argument("--spn", metavar="WEIGHTS", help="also score spnrefine with these weights")
     parser.add_argument("--overlap", type=int, default=None, help="spnrefine tile overlap")
     parser.add_argument("--tile", type=int, default=None, help="spnrefine tile size")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE_PX,
+        metavar="PX",
+        help="boundary F tolerance in pixels (DAVIS's own benchmark: 0.008 of the diagonal, "
+        "8 px at 854×480)",
+    )
     args = parser.parse_args()
 
     with_crf = not args.no_crf and importlib.util.find_spec("pydensecrf") is not None
@@ -368,13 +385,14 @@ def main() -> None:
         refiner = Refiner.load(args.spn, **tiling)
         methods["spn"] = refiner.refine_probs
     results = {
-        name: evaluate(name, methods, args.limit, args.split, args.seed) for name in args.sets
+        name: evaluate(name, methods, args.limit, args.split, args.seed, args.tolerance)
+        for name in args.sets
     }
-    print_table(results)
+    print_table(results, args.tolerance)
     if args.grid:
-        print_grid_ranking(results)
+        print_grid_ranking(results, args.tolerance)
     else:
-        print_error_bands(results)
+        print_error_bands(results, args.tolerance)
 
 
 if __name__ == "__main__":

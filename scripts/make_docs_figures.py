@@ -8,6 +8,10 @@ Run from the repository root: python scripts/make_docs_figures.py [--weights W] 
   gates the model predicts for that tile.
 - davis-coarse-errors.jpg: where spnrefine is still wrong on three held-out frames with real
   ISNet maps (red: foreground that is not, blue: foreground missed).
+- davis-boundary-misses.jpg: where boundary F still counts misses on three held-out DAVIS
+  frames with ×8 coarse maps (the frames with the lowest boundary F): zoomed on the worst
+  window, true boundary green, missed true boundary red, predicted boundary with no true one
+  near it magenta.
 - results-NAME.jpg: before/after panels. The refined overlay is what
   `spnrefine refine ... --overlay` writes (the command is printed); the coarse overlay is the
   same coarse map upsampled bilinearly, drawn by the same overlay writer.
@@ -36,7 +40,7 @@ from typer.testing import CliRunner
 from spnrefine.api import Refiner
 from spnrefine.cli import app
 from spnrefine.io import encode_overlay, load_coarse, load_image
-from spnrefine.metrics import boundary_f, iou, mean_boundary_f
+from spnrefine.metrics import boundary_f, boundary_map, iou, mean_boundary_f, near
 from spnrefine.post import encode_overlay_of, to_labels
 from spnrefine.propagation import DIRECTIONS, propagate
 from spnrefine.upsample import same_aspect, upsample_ignore, upsample_probs
@@ -410,11 +414,11 @@ def run_cli(args: list[str]) -> None:
         raise SystemExit(f"spnrefine {args[0]} failed with exit status {result.exit_code}")
 
 
-def _zoom_box(changed: np.ndarray) -> tuple[int, int, int, int]:
-    """The window (y, x, h, w), a third of the image on each side (half for small images),
-    holding the most pixels the refinement changed."""
+def _zoom_box(changed: np.ndarray, part: int | None = None) -> tuple[int, int, int, int]:
+    """The window (y, x, h, w), 1/``part`` of the image on each side (default: a third, half
+    for small images), holding the most pixels the refinement changed."""
     h, w = changed.shape
-    part = 2 if min(h, w) < 400 else 3
+    part = part or (2 if min(h, w) < 400 else 3)
     bh, bw = h // part, w // part
     density = cv2.boxFilter(changed.astype(np.float32), -1, (bw, bh), normalize=False)
     cy, cx = np.unravel_index(int(density.argmax()), density.shape)
@@ -502,6 +506,40 @@ def errors_figure(refiner: Refiner, path: Path) -> None:
     save(row(panels), path)
 
 
+MISS_FRAMES = ("cows_00075", "car-roundabout_00035", "blackswan_00040")
+
+
+def _x8_coarse(gt: np.ndarray) -> np.ndarray:
+    """The ×8 protocol of benchmarks/quality.py: area-downsampled, bilinearly back up (2×H×W)."""
+    h, w = gt.shape
+    size = (round(w / FACTOR), round(h / FACTOR))
+    small = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    fg = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.stack([1 - fg, fg]).astype(np.float32)
+
+
+def misses_figure(refiner: Refiner, path: Path) -> None:
+    """What boundary F still counts against the model on DAVIS ×8: thin parts and details a
+    few pixels across (a tail, a rope across a leg, a wing tip) that the ×8 map has lost."""
+    panels = []
+    for stem in MISS_FRAMES:
+        image = np.asarray(Image.open(DATA / "davis" / "images" / f"{stem}.jpg").convert("RGB"))
+        gt = cv2.imread(str(DATA / "davis" / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        pred = refiner.refine_probs(image, _x8_coarse(gt)).argmax(0) == 1
+        true_edge, pred_edge = boundary_map(gt), boundary_map(pred)
+        missed, extra = true_edge & ~near(pred_edge), pred_edge & ~near(true_edge)
+        picture = image.copy()
+        picture[true_edge] = (40, 220, 40)
+        picture[near(missed, 1)] = (235, 30, 30)
+        picture[near(extra, 1)] = (230, 40, 230)
+        y, x, bh, bw = _zoom_box(missed | extra, part=4)
+        width = FIGURE_WIDTH // 3 - GAP
+        panel = resize(picture[y : y + bh, x : x + bw], width, width * bh // bw, nearest=True)
+        score = boundary_f(pred, gt)
+        panels.append(captioned(panel, f"{stem}: F {score:.3f}, missed {missed.sum()} px"))
+    save(row(panels), path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights to use (default: the bundled model)")
@@ -517,6 +555,8 @@ def main() -> int:
     propagation_figure(refiner, IMG / "propagation.png")
     if (DATA / "davis-coarse").is_dir():
         errors_figure(refiner, IMG / "davis-coarse-errors.jpg")
+    if (DATA / "davis").is_dir():
+        misses_figure(refiner, IMG / "davis-boundary-misses.jpg")
     missing = [c.name for c in cases() if not c.image.is_file()]
     if missing:
         print(f"skipped (no {DATA}): {', '.join(missing)}", file=sys.stderr)
