@@ -1,12 +1,12 @@
 """Score spnrefine against bilinear upsampling, the guided filter and dense CRF on shared/data.
 
 Run from the repository root: python benchmarks/quality.py [--split val] [--spn WEIGHTS]
-[--limit N] [--grid] [--no-crf]. ``--split val`` keeps only what the default model's training
-held out (the same seeded split as ``spnrefine train``: whole DAVIS sequences, CamVid val, a
-fifth of the horses); davis-coarse is then restricted to the held-out DAVIS sequences.
-On the binary sets it also reports where the wrong pixels lie (at the true boundary or far
-from it) and how much of the true boundary has no predicted boundary near it, and how much
-of that is at thin parts of the object or of the background.
+[--limit N] [--grid] [--no-crf] [--tolerance PX]. ``--split val`` keeps only what the default
+model's training held out (the same seeded split as ``spnrefine train``: whole DAVIS
+sequences, CamVid val, a fifth of the horses); davis-coarse is then restricted to the
+held-out DAVIS sequences. On the binary sets it also reports where the wrong pixels lie (at
+the true boundary or far from it) and how much of the true boundary has no predicted
+boundary near it, and how much of that is at thin parts of the object or of the background.
 """
 
 from __future__ import annotations

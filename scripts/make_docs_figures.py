@@ -9,9 +9,9 @@ Run from the repository root: python scripts/make_docs_figures.py [--weights W] 
 - davis-coarse-errors.jpg: where spnrefine is still wrong on three held-out frames with real
   ISNet maps (red: foreground that is not, blue: foreground missed).
 - davis-boundary-misses.jpg: where boundary F still counts misses on three held-out DAVIS
-  frames with ×8 coarse maps (the frames with the lowest boundary F): zoomed on the worst
-  window, true boundary green, missed true boundary red, predicted boundary with no true one
-  near it magenta.
+  frames with ×8 coarse maps (one per sequence, among those with the lowest boundary F):
+  zoomed on the worst window, true boundary green, missed true boundary red, predicted
+  boundary with no true one near it magenta.
 - results-NAME.jpg: before/after panels. The refined overlay is what
   `spnrefine refine ... --overlay` writes (the command is printed); the coarse overlay is the
   same coarse map upsampled bilinearly, drawn by the same overlay writer.
