@@ -509,23 +509,19 @@ def errors_figure(refiner: Refiner, path: Path) -> None:
 MISS_FRAMES = ("cows_00075", "car-roundabout_00035", "blackswan_00040")
 
 
-def _x8_coarse(gt: np.ndarray) -> np.ndarray:
-    """The ×8 protocol of benchmarks/quality.py: area-downsampled, bilinearly back up (2×H×W)."""
-    h, w = gt.shape
-    size = (round(w / FACTOR), round(h / FACTOR))
-    small = cv2.resize(gt.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    fg = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.stack([1 - fg, fg]).astype(np.float32)
-
-
 def misses_figure(refiner: Refiner, path: Path) -> None:
     """What boundary F still counts against the model on DAVIS ×8: thin parts and details a
-    few pixels across (a tail, a rope across a leg, a wing tip) that the ×8 map has lost."""
+    few pixels across (a tail, a rope across a leg, a beak) that the ×8 map has lost. The
+    coarse maps are benchmarks/quality.py's own, so the picture shows what it scores."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from quality import coarse_from_onehot
+
     panels = []
     for stem in MISS_FRAMES:
         image = np.asarray(Image.open(DATA / "davis" / "images" / f"{stem}.jpg").convert("RGB"))
         gt = cv2.imread(str(DATA / "davis" / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 127
-        pred = refiner.refine_probs(image, _x8_coarse(gt)).argmax(0) == 1
+        onehot = np.stack([~gt, gt]).astype(np.float32)
+        pred = refiner.refine_probs(image, coarse_from_onehot(onehot)).argmax(0) == 1
         true_edge, pred_edge = boundary_map(gt), boundary_map(pred)
         missed, extra = true_edge & ~near(pred_edge), pred_edge & ~near(true_edge)
         picture = image.copy()
