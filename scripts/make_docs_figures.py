@@ -40,8 +40,9 @@ from typer.testing import CliRunner
 from spnrefine.api import Refiner
 from spnrefine.cli import app
 from spnrefine.io import encode_overlay, load_coarse, load_image
+from spnrefine.io.outputs import encode_result_overlay
+from spnrefine.labels import to_labels
 from spnrefine.metrics import boundary_f, boundary_map, iou, mean_boundary_f, near
-from spnrefine.post import encode_overlay_of, to_labels
 from spnrefine.propagation import DIRECTIONS, propagate
 from spnrefine.upsample import same_aspect, upsample_ignore, upsample_probs
 
@@ -442,7 +443,7 @@ def results_figure(case: Case, work: Path, weights: str | None, path: Path) -> N
     refined_labels = np.asarray(Image.open(work / f"{case.name}_refined.png"))
     panels = {
         "image": image,
-        "coarse, bilinear": decode(encode_overlay_of(image, coarse_labels, coarse, "png")),
+        "coarse, bilinear": decode(encode_result_overlay(image, coarse_labels, coarse, "png")),
         "spnrefine --overlay": decode((work / f"{case.name}_overlay.png").read_bytes()),
     }
     if case.gt is not None:

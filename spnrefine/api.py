@@ -5,10 +5,8 @@ runs the baselines (`method="bilinear"`, `"guided"`, `"crf"`) in place of the mo
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -23,29 +21,30 @@ from spnrefine.io import (
     DEFAULT_MAX_PIXELS,
     CoarseMap,
     CoarseType,
-    check_output,
     encode_npy,
     load_coarse,
     load_image,
     write_atomic,
 )
-from spnrefine.model import SPNRefiner
-from spnrefine.model.fast import fold_batchnorm
-from spnrefine.post import (
+from spnrefine.io.outputs import (
+    STDIO,
+    check_outputs,
     encode_output,
-    encode_overlay_of,
+    encode_result_overlay,
+    name_output,
+    natural_format,
     output_format,
     overlay_format,
-    present_classes,
-    restrict_classes,
-    to_labels,
+    write_output,
 )
+from spnrefine.labels import present_classes, restrict_classes, to_labels
+from spnrefine.model import SPNRefiner
+from spnrefine.model.fast import fold_batchnorm
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 from spnrefine.tiling import TileStats, refine_tiled
 from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
 from spnrefine.weights import WeightsInfo, load_weights
 
-STDIO = "-"
 ImageInput = str | Path | bytes | np.ndarray
 CoarseInput = str | Path | bytes | np.ndarray | CoarseMap
 Output = str | Path | BinaryIO
@@ -74,14 +73,8 @@ class RefineResult:
 
     def encode(self, *, soft: bool = False, bits: Literal[8, 16] = 8) -> bytes:
         """The output file's bytes as `-o -` writes them (PNG, or .npy for several soft classes)."""
-        return encode_output(
-            self.probs,
-            self.labels,
-            self.coarse,
-            output_format(STDIO, self.coarse, soft=soft),
-            soft=soft,
-            bits=bits,
-        )
+        fmt = natural_format(self.coarse, soft=soft)
+        return encode_output(self.probs, self.labels, self.coarse, fmt, soft=soft, bits=bits)
 
     def save(
         self,
@@ -98,7 +91,7 @@ class RefineResult:
 
     def overlay(self, fmt: Literal["png", "jpeg"] = "png") -> bytes:
         """A picture of the refined mask over the image, for people to look at."""
-        return encode_overlay_of(self.image, self.labels, self.coarse, fmt)
+        return encode_result_overlay(self.image, self.labels, self.coarse, fmt)
 
     def save_overlay(self, path: str | Path, *, overwrite: bool = False) -> None:
         write_atomic(path, self.overlay(overlay_format(path, self.coarse)), overwrite=overwrite)
@@ -207,8 +200,9 @@ class Refiner:
         self,
         image: ImageInput,
         coarse: CoarseInput,
-        out: Output | Callable[[CoarseMap], str | Path],
+        out: Output,
         *,
+        auto_suffix: bool = False,
         coarse_type: CoarseType = "auto",
         logits: bool = False,
         stretch: bool = False,
@@ -217,33 +211,27 @@ class Refiner:
         overlay: str | Path | None = None,
         overwrite: bool = False,
     ) -> RefineResult:
-        """`refine`, then write `out` (a path, `-` for stdout, a binary stream, or a function
-        naming the path once the coarse map is decoded) and the optional `overlay` picture.
-        Outputs are checked before the model runs and written atomically; an output that names
-        an input is refused."""
+        """`refine`, then write `out` (a path, `-` for stdout or a binary stream) and the optional
+        `overlay` picture. With `auto_suffix`, `out` is a name without its extension: .png, or
+        .npy for several soft classes, is added once the coarse map is read. Outputs are checked
+        (`spnrefine.io.outputs.check_outputs`) before the model runs and written atomically; an
+        output that names an input is refused."""
         inputs = _input_paths(image, coarse)
-        if not callable(out):
-            _check_outputs(out, overlay, inputs, overwrite)
+        check_outputs(out, overlay, inputs, overwrite=overwrite, auto_suffix=auto_suffix, soft=soft)
         started = time.perf_counter()
         image_rgb, coarse_map = self.read_inputs(
             image, coarse, coarse_type=coarse_type, logits=logits, stretch=stretch
         )
-        if callable(out):
-            out = out(coarse_map)
-            _check_outputs(out, overlay, inputs, overwrite)
+        if auto_suffix and isinstance(out, str | Path) and str(out) != STDIO:
+            out = name_output(str(out), coarse_map, soft=soft)
+            check_outputs(out, overlay, inputs, overwrite=overwrite)
         out_name = out if isinstance(out, str | Path) else STDIO
         fmt = output_format(out_name, coarse_map, soft=soft)
         overlay_fmt = overlay_format(overlay, coarse_map) if overlay is not None else None
         result = self._refine_decoded(image_rgb, coarse_map, started)
 
         data = encode_output(result.probs, result.labels, coarse_map, fmt, soft=soft, bits=bits)
-        if str(out_name) == STDIO:
-            stream = out if not isinstance(out, str | Path) else sys.stdout.buffer
-            stream.write(data)
-            stream.flush()
-        else:
-            write_atomic(out_name, data, overwrite=overwrite)
-            result.out = str(out_name)
+        result.out = write_output(out, data, overwrite=overwrite)
         if overlay is not None:
             write_atomic(overlay, result.overlay(overlay_fmt), overwrite=overwrite)
             result.overlay_path = str(overlay)
@@ -382,22 +370,6 @@ def pick_device(device: Device) -> torch.device:
             raise SpnrefineError(f"--device {device}: no CUDA GPU is available")
         return torch.device(device)
     raise SpnrefineError(f"--device {device}: expected auto, cpu or cuda")
-
-
-def _check_outputs(
-    out: Output, overlay: str | Path | None, inputs: list[str | Path], overwrite: bool
-) -> None:
-    out_name = out if isinstance(out, str | Path) else STDIO
-    targets = [out_name] if overlay is None else [out_name, overlay]
-    if overlay is not None and str(out_name) != STDIO:
-        if Path(overlay).resolve() == Path(out_name).resolve():
-            raise SpnrefineError("the overlay and the output are the same file", overlay)
-    for target in targets:
-        check_output(target, inputs, overwrite=overwrite)
-        folder = Path(target).parent
-        # check_output finds the folder; a read-only one would otherwise fail only at the end.
-        if str(target) != STDIO and not os.access(folder, os.W_OK | os.X_OK):
-            raise SpnrefineError("cannot write to the output folder: permission denied", folder)
 
 
 def _is_stdin(source: object) -> bool:

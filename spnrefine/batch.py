@@ -1,15 +1,14 @@
-"""Many images at once: pairing images with coarse maps, output names, the resume rule, and
-one pair's refine-write-report step, which any runner (this loop, or workers) can call."""
+"""Many images at once: pairing images with coarse maps, the resume rule, the local loop with its
+progress bar, and the report. Each pair is refined by spnrefine.pair, which any runner (this
+loop, or Ray workers) calls."""
 
 from __future__ import annotations
 
 import json
 import time
-import traceback
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -21,58 +20,27 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from spnrefine.api import Refiner
 from spnrefine.errors import SpnrefineError
-from spnrefine.io import CoarseMap, CoarseType, write_atomic
+from spnrefine.io import write_atomic
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
-from spnrefine.post import is_foreground_map
+from spnrefine.pair import Pair, PairOptions, PairReport, refine_pair
 
-OUTPUT_SUFFIXES = (".png", ".npy")
-Status = Literal["ok", "skipped", "failed"]
+if TYPE_CHECKING:
+    from spnrefine.api import Refiner
 
-
-@dataclass(frozen=True)
-class Pair:
-    """One job. `out` is a full path, or (with `name_out`) a path to which the format's
-    extension is appended once the coarse map is decoded. `problem` marks a pair that could not
-    be formed (no coarse map, a clash); it is reported as failed without being run."""
-
-    image: str
-    coarse: str | None
-    out: str
-    name_out: bool = False
-    problem: str | None = None
-
-
-@dataclass(frozen=True)
-class PairOptions:
-    """How every pair is refined and written: the `refine_file` options a batch shares."""
-
-    coarse_type: CoarseType = "auto"
-    logits: bool = False
-    stretch: bool = False
-    soft: bool = False
-    bits: Literal[8, 16] = 8
-    overwrite: bool = False
-
-
-@dataclass
-class PairReport:
-    """One line of the report (and of `--json`): what happened to a pair."""
-
-    image: str
-    coarse: str | None
-    out: str | None
-    status: Status
-    seconds: float
-    error: str | None = None
-    overlay: str | None = None
-    details: dict = field(default_factory=dict)  # RefineResult.summary() for refined pairs
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.update(data.pop("details"))
-        return data
+__all__ = [
+    "Pair",
+    "PairOptions",
+    "PairReport",
+    "find_pairs",
+    "finished_output",
+    "read_pair_lines",
+    "refine_pair",
+    "refine_unless_done",
+    "run_batch",
+    "with_progress",
+    "write_report",
+]
 
 
 def find_pairs(
@@ -153,65 +121,22 @@ def read_pair_lines(lines: Iterable[str], out_dir: str | Path) -> list[Pair]:
     return pairs
 
 
-def output_candidates(pair: Pair, soft: bool) -> list[Path]:
-    """The paths the pair's output may be written to."""
-    if not pair.name_out:
-        return [Path(pair.out)]
-    suffixes = OUTPUT_SUFFIXES if soft else OUTPUT_SUFFIXES[:1]
-    return [Path(pair.out + suffix) for suffix in suffixes]
-
-
 def finished_output(pair: Pair, options: PairOptions) -> Path | None:
     """The resume rule: a pair is done when its output exists (writes are atomic, so an
     existing output is a whole one), unless `overwrite` asks for it again."""
     if options.overwrite or pair.problem:
         return None
-    return next((p for p in output_candidates(pair, options.soft) if p.exists()), None)
+    return next((p for p in pair.candidates(options.soft) if p.exists()), None)
 
 
-def name_output(pair: Pair, coarse: CoarseMap, soft: bool) -> str:
-    """The output path once the coarse map is known: .npy for several soft classes, else .png."""
-    if not pair.name_out:
-        return pair.out
-    several = soft and not is_foreground_map(coarse)
-    return pair.out + (".npy" if several else ".png")
-
-
-def refine_pair(
-    refiner: Refiner,
-    pair: Pair,
-    options: PairOptions,
-    *,
-    overlay: str | None = None,
-    skip_finished: bool = True,
-) -> PairReport:
-    """Refine one pair and write its output; never raises for a bad pair, reports it instead."""
+def refine_unless_done(refiner: Refiner, pair: Pair, options: PairOptions) -> PairReport:
+    """`refine_pair`, or a "skipped" report for a pair the resume rule finds done."""
     started = time.perf_counter()
-
-    def report(status: Status, out: str | None, error: str | None = None, **extra) -> PairReport:
-        seconds = round(time.perf_counter() - started, 4)
-        return PairReport(pair.image, pair.coarse, out, status, seconds, error, **extra)
-
-    if pair.problem:
-        return report("failed", None, f"{pair.image}: {pair.problem}")
-    done = finished_output(pair, options) if skip_finished else None
+    done = finished_output(pair, options)
     if done is not None:
-        return report("skipped", str(done))
-    try:
-        result = refiner.refine_file(
-            pair.image,
-            pair.coarse,
-            lambda coarse: name_output(pair, coarse, options.soft),
-            overlay=overlay,
-            **asdict(options),
-        )
-    except SpnrefineError as err:
-        return report("failed", None, str(err))
-    except Exception as err:  # noqa: BLE001 - one broken pair must not stop a batch
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        problem = f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})"
-        return report("failed", None, f"{pair.image}: internal error: {problem}")
-    return report("ok", result.out, overlay=result.overlay_path, details=result.summary())
+        seconds = round(time.perf_counter() - started, 4)
+        return PairReport(pair.image, pair.coarse, str(done), "skipped", seconds)
+    return refine_pair(refiner, pair, options)
 
 
 def run_batch(
@@ -223,7 +148,7 @@ def run_batch(
 ) -> Iterator[PairReport]:
     """Refine the pairs in order, yielding each report as it is made; a progress bar with ETA
     goes to `console` (stderr) unless it is None or quiet."""
-    reports = (refine_pair(refiner, pair, options) for pair in pairs)
+    reports = (refine_unless_done(refiner, pair, options) for pair in pairs)
     yield from with_progress(reports, len(pairs), console)
 
 

@@ -17,6 +17,8 @@ from spnrefine.errors import SpnrefineError
 from spnrefine.io import load_coarse, load_image
 from spnrefine.io.coarse import VOID
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
+from spnrefine.io.outputs import REFINED_SUFFIX
+from spnrefine.labels import present_classes, restrict_classes, to_labels
 from spnrefine.metrics import (
     DEFAULT_TOLERANCE_PX,
     ConfusionMatrix,
@@ -25,10 +27,8 @@ from spnrefine.metrics import (
     mba,
     mean_boundary_f,
 )
-from spnrefine.post import present_classes, restrict_classes, to_labels
 from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
 
-PRED_SUFFIX = "_refined"  # `spnrefine refine` names its default output IMAGE_refined.png
 # Label ids 0..254 have a row and a column; column 255 counts void predictions, which are
 # misses of the ground truth's class (void ground truth is skipped).
 _MATRIX_SIZE = VOID + 1
@@ -90,7 +90,7 @@ def find_eval_pairs(
         if gt_files is None:
             gt_path = _existing_file(gt)
         else:
-            gt_path = gt_files.get(p.stem) or gt_files.get(p.stem.removesuffix(PRED_SUFFIX))
+            gt_path = gt_files.get(p.stem) or gt_files.get(p.stem.removesuffix(REFINED_SUFFIX))
             if gt_path is None:
                 missing.append(p.name)
                 continue

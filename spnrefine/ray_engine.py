@@ -1,6 +1,6 @@
 """`batch --engine ray`: a batch's pairs spread over Ray Data workers, each holding the refiner
-once. Pairing, output names, the resume rule, refining, atomic writes and the report are
-spnrefine.batch's; this module only moves pairs to workers and reports back."""
+once. Pairing, the resume rule and the report are spnrefine.batch's, refining and writing a pair
+spnrefine.pair's; this module only moves pairs to workers and reports back."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from spnrefine.batch import Pair, PairOptions, PairReport, with_progress
+from spnrefine.batch import with_progress
 from spnrefine.errors import SpnrefineError
+from spnrefine.pair import Pair, PairOptions, PairReport
 from spnrefine.remote import is_uri, refine_uri_pair
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def run_batch_ray(
     order). Connects (or starts Ray) now, so a bad address fails here, not mid-iteration.
 
     `refiner` is shipped to every worker once (moved to the worker's GPU when it has one); a
-    worker runs `refine_pair`, which skips finished outputs and writes new ones atomically, so
+    worker runs `refine_uri_pair`, which skips finished outputs and writes new ones atomically, so
     a rerun after a crash redoes nothing. Paths may be URIs (s3://, gs://, file://, ...; see
     spnrefine.remote). A pair whose task failed all the same is reported as failed, never
     dropped."""

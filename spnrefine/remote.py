@@ -13,15 +13,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from spnrefine.batch import (
-    Pair,
-    PairOptions,
-    PairReport,
-    finished_output,
-    output_candidates,
-    refine_pair,
-)
+from spnrefine.batch import finished_output, refine_unless_done
 from spnrefine.errors import SpnrefineError
+from spnrefine.pair import Pair, PairOptions, PairReport, refine_pair
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -32,14 +26,15 @@ def is_uri(path: str | None) -> bool:
 
 
 def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairReport:
-    """`refine_pair` for a pair with URIs; a pair of local paths goes straight to it.
+    """`refine_pair` for a pair with URIs; a pair of local paths goes straight to
+    `refine_unless_done`.
 
     The resume rule is the same: a pair whose output exists is skipped (checked before its
     inputs are fetched). Inputs are copied to a temporary folder; a URI output is refined
     there, written beside its target under a hidden temporary name and moved over it, so a
     reader (or a rerun) never sees part of one."""
     if pair.problem or not any(is_uri(p) for p in (pair.image, pair.coarse, pair.out)):
-        return refine_pair(refiner, pair, options)
+        return refine_unless_done(refiner, pair, options)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spnrefine-") as tmp:
         staged = _staged(pair, Path(tmp))
@@ -48,7 +43,7 @@ def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairR
         stem, base = len(staged.out) - cut, pair.out[: len(pair.out) - cut]
         try:
             if is_uri(pair.out):
-                uris = [base + str(c)[stem:] for c in output_candidates(staged, options.soft)]
+                uris = [base + str(c)[stem:] for c in staged.candidates(options.soft)]
                 done = None if options.overwrite else next(filter(_exists, uris), None)
             else:
                 done = finished_output(pair, options)
@@ -61,7 +56,7 @@ def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairR
         except SpnrefineError as err:
             seconds = round(time.perf_counter() - started, 4)
             return PairReport(pair.image, pair.coarse, None, "failed", seconds, str(err))
-        report = refine_pair(refiner, staged, options, skip_finished=False)
+        report = refine_pair(refiner, staged, options)
         if report.status == "ok" and is_uri(pair.out):
             target = base + report.out[stem:]
             try:

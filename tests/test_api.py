@@ -16,8 +16,8 @@ from spnrefine.api import Refiner, RefineResult
 from spnrefine.checkpoint import save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import CoarseMap, load_coarse
+from spnrefine.labels import present_classes, restrict_classes, to_labels
 from spnrefine.model import ModelConfig, SPNRefiner
-from spnrefine.post import present_classes, restrict_classes, to_labels
 from spnrefine.tiling import TileStats
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -38,7 +38,7 @@ from spnrefine.io import DEFAULT_MAX_PIXELS
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
 if TYPE_CHECKING:
-    from spnrefine.batch import PairReport
+    from spnrefine.pair import PairReport
 
 
 @app.command()
@@ -79,8 +79,8 @@ def refine(
 ) -> None:
     """Refine one coarse map against its image and write the result."""
     from spnrefine.api import Refiner
-    from spnrefine.batch import Pair, PairOptions, output_candidates, refine_pair
-    from spnrefine.io import check_output
+    from spnrefine.io.outputs import check_outputs, default_output
+    from spnrefine.pair import Pair, PairOptions, refine_pair
 
     console = stderr_console(quiet)
     try:
@@ -91,15 +91,16 @@ def refine(
         elif image == "-":
             raise SpnrefineError("with the image on stdin, name the output with -o")
         else:
-            default = Path(image).parent / f"{Path(image).stem}_refined"
-            pair = Pair(image, coarse, str(default), name_out=True)
-        # Outputs are checked before the weights load, so a mistyped -o fails at once. A
-        # default name's extension waits for the coarse map, so only its folder is checked.
-        undecided = pair.name_out and soft
-        first = output_candidates(pair, soft)[0]
-        check_output(first, [image, coarse], overwrite=overwrite or undecided)
-        if overlay is not None:
-            check_output(overlay, [image, coarse], overwrite=overwrite)
+            pair = Pair(image, coarse, default_output(image), name_out=True)
+        # Outputs are checked before the weights load, so a mistyped -o fails at once.
+        check_outputs(
+            pair.out,
+            overlay,
+            [image, coarse],
+            overwrite=overwrite,
+            auto_suffix=pair.name_out,
+            soft=soft,
+        )
         refiner = Refiner.load(
             weights,
             method=method,
@@ -112,7 +113,7 @@ def refine(
     except SpnrefineError as err:
         raise fail(err) from None
     options = PairOptions(coarse_type, logits, stretch, soft, bits, overwrite)
-    report = refine_pair(refiner, pair, options, overlay=overlay, skip_finished=False)
+    report = refine_pair(refiner, pair, options, overlay=overlay)
     _tell(report, console, json_out)
     if report.status == "failed":
         raise typer.Exit(code=2)

@@ -1,0 +1,48 @@
+"""After the model: only the coarse map's classes are kept, and refined probabilities become
+label ids (the argmax, with void passed through)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spnrefine.io.coarse import VOID, CoarseMap
+
+
+def present_classes(coarse: CoarseMap) -> np.ndarray:
+    """Bool per channel: the class wins the coarse map's argmax at some pixel that is not void.
+
+    Only these may appear in the refined labels, as in the SPN paper's VOC experiments: the
+    refiner sharpens boundaries, it does not invent classes the segmenter never chose.
+    """
+    winners = coarse.probs.argmax(axis=0)
+    if coarse.ignore is not None:
+        winners = winners[~coarse.ignore]
+    present = np.zeros(coarse.probs.shape[0], bool)
+    present[np.unique(winners)] = True
+    return present
+
+
+def restrict_classes(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Zero the channels of absent classes and renormalise each pixel over the rest (in place)."""
+    if present.all():
+        return probs
+    probs[~present] = 0.0
+    total = probs.sum(axis=0)
+    # A pixel where only absent classes had mass falls back to the present ones, uniformly.
+    empty = total <= 0
+    if empty.any():
+        for c in np.flatnonzero(present):
+            probs[c][empty] = 1.0 / present.sum()
+        total[empty] = 1.0
+    probs /= total
+    return probs
+
+
+def to_labels(probs: np.ndarray, coarse: CoarseMap, ignore: np.ndarray | None) -> np.ndarray:
+    """H×W label ids (`coarse.labels` of the argmax); void pixels of the coarse map stay 255."""
+    ids = np.asarray(coarse.labels)
+    lut = ids.astype(np.uint8 if ids.max() <= 255 else np.int32)
+    labels = lut[probs.argmax(axis=0)]
+    if ignore is not None:
+        labels[ignore] = VOID
+    return labels
