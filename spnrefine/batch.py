@@ -5,6 +5,7 @@ loop, or Ray workers) calls."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.progress import (
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import write_atomic
+from spnrefine.io.images import read_source
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
 from spnrefine.pair import Pair, PairOptions, PairReport, refine_pair
 
@@ -32,6 +34,7 @@ __all__ = [
     "Pair",
     "PairOptions",
     "PairReport",
+    "collect_pairs",
     "find_pairs",
     "finished_output",
     "read_pair_lines",
@@ -94,6 +97,30 @@ def find_pairs(
         coarse = str(found[0]) if len(found) == 1 else None
         pairs.append(Pair(str(image), coarse, out, name_out=True, problem=problem))
     return pairs
+
+
+def collect_pairs(
+    folder: str | Path | None = None,
+    *,
+    from_: str | None = None,
+    coarse_dir: str | Path | None = None,
+    out: str | Path | None = None,
+) -> tuple[list[Pair], Path]:
+    """A batch's pairs and its output folder: the images of `folder` paired by name
+    (`find_pairs`), or the lines of the list `from_` (`read_pair_lines`; `-` reads stdin).
+    Outputs named after their image go to `out`: by default FOLDER/refined, or ./refined for
+    a list."""
+    if (folder is None) == (from_ is None):
+        raise SpnrefineError("give a folder or --from FILE, one of the two")
+    if folder is not None:
+        out_dir = Path(out) if out is not None else Path(folder) / "refined"
+        pairs = find_pairs(folder, coarse_dir=coarse_dir, out_dir=out_dir)
+        if not pairs:
+            raise SpnrefineError("no images found (.jpg .png .webp .tif .bmp)", folder)
+        return pairs, out_dir
+    out_dir = Path(out) if out is not None else Path("refined")
+    data = sys.stdin.buffer.read() if from_ == "-" else read_source(from_)[0]
+    return read_pair_lines(data.decode("utf-8", "replace").splitlines(), out_dir), out_dir
 
 
 def _files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:

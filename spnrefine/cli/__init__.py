@@ -3,7 +3,8 @@
 Each module registers its commands on the shared app; importing this package loads them all.
 """
 
-from spnrefine.cli import bench, eval, refine, train  # noqa: F401  (they register their commands)
+# Importing a module registers its commands; --help lists them in this order.
+from spnrefine.cli import refine, batch, weights, eval, bench, train  # noqa: F401, I001
 from spnrefine.cli.common import app
 
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import os
-from pathlib import Path
-from typing import Annotated, Literal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from spnrefine.errors import SpnrefineError
+from spnrefine.io.images import DEFAULT_MAX_PIXELS
+from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+
+if TYPE_CHECKING:
+    from spnrefine.api import Refiner
+    from spnrefine.pair import PairOptions, PairReport
 
 app = typer.Typer(
     name="spnrefine",
@@ -41,16 +51,30 @@ def fail(err: Exception | str, console: Console | None = None) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SpnrefineError(
-            f"cannot create the output folder: {err.strerror or err}", folder
-        ) from None
+def tell(report: PairReport, console: Console, json_out: bool, progress_only: bool = False) -> None:
+    """Report one pair: JSON on stdout when asked; errors always, successes unless quiet (or
+    `progress_only`: a batch's bar shows them), on stderr."""
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        sys.stdout.flush()
+    if report.status == "failed":
+        fail(report.error, console if not console.quiet else None)
+    elif report.status == "ok" and not progress_only and report.out is not None:
+        w, h = report.details["size"]
+        how = (
+            f"{report.details['tiles_refined']}/{report.details['tiles']} tiles refined"
+            if report.details["method"] == "spn"
+            else f"method {report.details['method']}"
+        )
+        console.print(
+            f"wrote {escape(report.out)} ({w}x{h} {report.details['kind']}, {how}, "
+            f"{report.seconds:.1f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
-# Options shared by `refine` and `batch`; each is a keyword of the Python API of the same name.
+# Options of `refine` and `batch`; each is a keyword of the Python API of the same name.
 WeightsOption = Annotated[
     str | None,
     typer.Option(
@@ -106,3 +130,77 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
 ]
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """What `refine` and `batch` share, declared once: how the refiner is loaded (the keywords
+    of `Refiner.load`) and how each pair is read and written (`PairOptions`). The decorator
+    `refine_settings` turns the fields into the command's options."""
+
+    weights: WeightsOption = None
+    method: MethodOption = "spn"
+    device: DeviceOption = "auto"
+    tile: TileOption = DEFAULT_TILE
+    overlap: OverlapOption = DEFAULT_OVERLAP
+    batch_size: BatchSizeOption = 16
+    coarse_type: CoarseTypeOption = "auto"
+    logits: LogitsOption = False
+    stretch: StretchOption = False
+    soft: SoftOption = False
+    bits: BitsOption = 8
+    overwrite: OverwriteOption = False
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS
+
+    def load_refiner(self) -> Refiner:
+        from spnrefine.api import Refiner
+
+        return Refiner.load(
+            self.weights,
+            method=self.method,
+            device=self.device,
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            max_pixels=self.max_pixels,
+        )
+
+    def pair_options(self) -> PairOptions:
+        from spnrefine.pair import PairOptions
+
+        return PairOptions(
+            self.coarse_type, self.logits, self.stretch, self.soft, self.bits, self.overwrite
+        )
+
+
+DEFAULT_SETTINGS = RefineSettings()
+
+
+def refine_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """Replace the command's `settings: RefineSettings = DEFAULT_SETTINGS` parameter by one
+    option per field (in the field order, at that place in --help), and call the command with
+    them gathered."""
+    signature = inspect.signature(command, eval_str=True)
+    hints = get_type_hints(RefineSettings, include_extras=True)
+    names = [f.name for f in fields(RefineSettings)]
+    options = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=f.default,
+            annotation=hints[name],
+        )
+        for name, f in zip(names, fields(RefineSettings), strict=True)
+    ]
+    params = []
+    for param in signature.parameters.values():
+        params.extend(options if param.name == "settings" else [param])
+
+    @functools.wraps(command)
+    def with_settings(**kwargs: Any) -> None:
+        settings = RefineSettings(**{name: kwargs.pop(name) for name in names})
+        return command(settings=settings, **kwargs)
+
+    with_settings.__signature__ = signature.replace(parameters=params)
+    with_settings.__annotations__ = {p.name: p.annotation for p in params}
+    return with_settings

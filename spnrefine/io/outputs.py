@@ -102,6 +102,16 @@ def output_candidates(base: str, *, soft: bool = False) -> list[Path]:
     return [Path(base + suffix) for suffix in suffixes]
 
 
+def make_output_folder(folder: str | Path) -> None:
+    """Create the output folder (and its parents) unless it exists."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpnrefineError(
+            f"cannot create the output folder: {err.strerror or err}", folder
+        ) from None
+
+
 def check_outputs(
     out: str | Path | BinaryIO,
     overlay: str | Path | None,
