@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -114,9 +115,82 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
     root = make_folder(tmp_path / "d")
     image = next((root / "images").iterdir())
     image.write_bytes(b"not a png")
-    with pytest.raises(SpnrefineError, match="unreadable image") as err:
+    with pytest.raises(SpnrefineError, match="not an image") as err:
         load_dataset(root)
     assert image.name in str(err.value)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width×height 8-bit gray pixels, with one empty IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("folder", ["images", "masks", "coarse"])
+def test_training_files_have_the_pixel_limit_that_refine_has(tmp_path, folder):
+    root = make_folder(tmp_path / "d")
+    (root / "coarse").mkdir(exist_ok=True)
+    stem = sorted(p.stem for p in (root / "images").iterdir())[0]
+    for old in (root / folder).glob(stem + ".*"):
+        old.unlink()
+    bomb = root / folder / f"{stem}.png"
+    bomb.write_bytes(_png_declaring(30_000, 30_000))
+    with pytest.raises(SpnrefineError, match="more than the limit") as err:
+        load_dataset(root)
+    assert bomb.name in str(err.value)
+
+
+def _disc_coarse(root, stem: str) -> np.ndarray:
+    """The soft foreground of ``stem``'s mask at a quarter of its size (float32, 0..1)."""
+    mask = np.asarray(Image.open(root / "masks" / f"{stem}.png"), np.float32) / 255
+    return cv2.resize(mask, (mask.shape[1] // 4, mask.shape[0] // 4), interpolation=cv2.INTER_AREA)
+
+
+def test_binary_coarse_maps_are_read_in_every_format_refine_reads(tmp_path):
+    root = make_folder(tmp_path / "d")
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "coarse").mkdir()
+    soft = {stem: _disc_coarse(root, stem) for stem in stems[:4]}
+    np.save(root / "coarse" / f"{stems[0]}.npy", soft[stems[0]])
+    np.savez(
+        root / "coarse" / f"{stems[1]}.npz", probs=np.stack([1 - soft[stems[1]], soft[stems[1]]])
+    )
+    Image.fromarray(np.round(soft[stems[2]] * 65535).astype(np.uint16)).save(
+        root / "coarse" / f"{stems[2]}.png"
+    )
+    Image.fromarray((soft[stems[3]] > 0.5).astype(np.uint8)).save(  # a 0/1 mask
+        root / "coarse" / f"{stems[3]}.png"
+    )
+    data = load_dataset(root, val_fraction=0)
+    samples = {s.stem: s for s in data.train}
+    for i, stem in enumerate(stems[:4]):
+        fg = samples[stem].coarse[1]
+        expected = soft[stem] if i < 3 else (soft[stem] > 0.5).astype(np.float32)
+        stretched = cv2.resize(expected, fg.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(fg, stretched, atol=1e-4, err_msg=stem)
+    assert all(samples[stem].coarse is None for stem in stems[4:])
+
+
+def test_multiclass_coarse_ids_map_to_the_masks_classes_and_void_carries_none(tmp_path):
+    root = make_folder(tmp_path / "m", classes=4)
+    stem = sorted(p.stem for p in (root / "images").iterdir())[0]
+    mask = np.asarray(Image.open(root / "masks" / f"{stem}.png"))
+    ids = mask.copy()
+    ids[:4] = 255  # void rows
+    (root / "coarse").mkdir()
+    Image.fromarray(ids).save(root / "coarse" / f"{stem}.png")
+    data = load_dataset(root, val_fraction=0)
+    coarse = next(s for s in data.train if s.stem == stem).coarse
+    assert coarse.shape == (4, *mask.shape)
+    np.testing.assert_array_equal(coarse[:, 4:].argmax(0), mask[4:])
+    assert coarse[:, :4].max() == 0
 
 
 def test_missing_masks_folder_is_a_clear_error(tmp_path):

@@ -1,7 +1,7 @@
 """Reading images and coarse maps into arrays, and writing results back to files."""
 
 from spnrefine.io.coarse import CoarseMap, CoarseType, load_coarse
-from spnrefine.io.images import DEFAULT_MAX_PIXELS, load_image
+from spnrefine.io.images import DEFAULT_MAX_PIXELS, load_image, load_label_ids
 from spnrefine.io.write import (
     check_output,
     default_palette,
@@ -27,6 +27,7 @@ __all__ = [
     "encode_prob_png",
     "load_coarse",
     "load_image",
+    "load_label_ids",
     "refuse_overwrite_input",
     "write_atomic",
 ]

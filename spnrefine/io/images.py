@@ -118,6 +118,31 @@ def load_image(
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
+def load_label_ids(
+    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Load a label image (ground truth: class ids, or a 0/255 or 0/1 mask) as its H×W uint8
+    values, uninterpreted: no EXIF turn, no colour conversion, no guess of what the values
+    mean. A multi-channel image, or values beyond 255, are refused."""
+    data, shown = read_source(source, name)
+    im = decode_pil(data, shown, max_pixels)
+    if im.mode == "1":
+        im = im.convert("L")
+    if im.mode not in ("L", "P") and not im.mode.startswith("I"):
+        raise SpnrefineError(
+            f"a label image must be single-channel (class ids or a 0/255 mask), not {im.mode}",
+            shown,
+        )
+    values = np.asarray(im)
+    if values.dtype != np.uint8:
+        lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+        if lo < 0 or hi > 255:
+            bad = lo if lo < 0 else hi
+            raise SpnrefineError(f"label value {bad}: class ids must be within 0..255", shown)
+        values = values.astype(np.uint8)
+    return values
+
+
 def _to_8bit(values: np.ndarray) -> np.ndarray:
     """Scale a single-channel 16-bit, 32-bit or float image to uint8.
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from spnrefine.errors import SpnrefineError
+from spnrefine.io import load_coarse, load_image, load_label_ids
+from spnrefine.io.coarse import VOID as IGNORE
+from spnrefine.io.names import COARSE_EXTENSIONS, IMAGE_EXTENSIONS
 from spnrefine.upsample import upsample_probs
 
-IGNORE = 255
 VAL_FRACTION = 0.2  # share of groups held out when a folder has no splits.txt
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
@@ -51,21 +51,8 @@ class Dataset:
         return self.num_classes == 2
 
 
-def _read(path: Path, mode: str | None = None) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if mode == "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise SpnrefineError("file not found", path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise SpnrefineError(f"unreadable image ({err})", path) from None
-
-
-def _stems(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+def _stems(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in extensions}
 
 
 def group_of(stem: str) -> str:
@@ -112,7 +99,8 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
             raise SpnrefineError(
                 f"missing folder {folder.name}/ (a data folder needs images/ and masks/)", root
             )
-    images, masks = _stems(images_dir), _stems(masks_dir)
+    images = _stems(images_dir, IMAGE_EXTENSIONS)
+    masks = _stems(masks_dir, IMAGE_EXTENSIONS)
     if not images:
         raise SpnrefineError("no images found", images_dir)
     missing = sorted(set(images) ^ set(masks))
@@ -122,14 +110,11 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
         raise SpnrefineError(
             f"{stem} has no {which} ({len(missing)} unpaired file(s) in all)", root
         )
-    coarse = _stems(coarse_dir) if coarse_dir.is_dir() else {}
+    coarse = _stems(coarse_dir, COARSE_EXTENSIONS) if coarse_dir.is_dir() else {}
 
     raw_masks = {}
     for stem, path in masks.items():
-        mask = _read(path)
-        if mask.ndim != 2:
-            raise SpnrefineError("mask must be a single-channel label PNG", path)
-        raw_masks[stem] = mask
+        raw_masks[stem] = load_label_ids(path)
     values = set().union(*(np.unique(m).tolist() for m in raw_masks.values()))
     lut = np.full(256, IGNORE, np.uint8)
     if values <= {0, 255}:  # a 0/255 mask: 255 is the foreground, not ignore
@@ -144,7 +129,7 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
     val_stems = split_stems(root, list(images), val_fraction, seed)
     train, val = [], []
     for stem, path in images.items():
-        image = _read(path, "RGB")
+        image = load_image(path)
         labels = lut[raw_masks[stem]]
         if image.shape[:2] != labels.shape:
             raise SpnrefineError(
@@ -154,24 +139,56 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
             )
         sample = Sample(stem, image, labels, boundary=boundary_points(labels))
         if stem in coarse:
-            sample.coarse = _load_real_coarse(coarse[stem], labels.shape, num_classes, lut)
+            sample.coarse = load_training_coarse(coarse[stem], labels.shape, class_values)
         (val if stem in val_stems else train).append(sample)
     return Dataset(root, num_classes, class_values, train, val)
 
 
-def _load_real_coarse(path: Path, shape: tuple[int, int], num_classes: int, lut) -> np.ndarray:
-    """A coarse PNG (soft foreground for binary sets, class ids otherwise) at image size."""
-    raw = _read(path)
-    if raw.ndim != 2:
-        raise SpnrefineError("coarse map must be a single-channel PNG", path)
-    h, w = shape
-    if num_classes == 2:
-        scale = 65535.0 if raw.dtype == np.uint16 else 255.0
-        fg = cv2.resize(raw.astype(np.float32) / scale, (w, h), interpolation=cv2.INTER_LINEAR)
-        fg = np.clip(fg, 0, 1)
+def load_training_coarse(
+    path: Path, image_hw: tuple[int, int], class_values: list[int]
+) -> np.ndarray:
+    """A real coarse map as the data set's C×H×W probabilities at image size.
+
+    Read by `spnrefine.io.load_coarse`, so every format `refine` takes can be trained on, with
+    the same guards. What the set's masks are decides how an image is read: for a binary set
+    a soft foreground (8-bit value / 255, 16-bit / 65535, float as is) or a 0/255 or 0/1
+    mask; for a multi-class set class ids, mapped by the masks' values (ids the masks never
+    hold, and void, carry no class). Arrays are read as `refine` reads them and must hold two
+    classes, or the set's C. The map may have any size: it is stretched to the image.
+    """
+    binary = len(class_values) == 2
+    if path.suffix.lower() in (".npy", ".npz"):
+        coarse = load_coarse(path, image_hw=image_hw)
+    else:
+        coarse = load_coarse(path, coarse_type="auto" if binary else "labels")
+        if binary and coarse.kind == "labels" and coarse.palette is None:
+            # A soft map with few levels looks like class ids to the auto rule; here the
+            # masks have said what it is.
+            coarse = load_coarse(path, coarse_type="prob")
+    probs = coarse.probs
+    if binary:
+        if len(probs) != 2:
+            raise SpnrefineError(
+                f"coarse map holds {len(probs)} classes but the masks are binary", path
+            )
+        fg = np.clip(upsample_probs(probs[1:], image_hw)[0], 0, 1)
         return np.stack([1 - fg, fg])
-    onehot = one_hot(lut[raw], num_classes)
-    return upsample_probs(onehot, (h, w))
+    if coarse.kind == "labels":
+        index = {value: i for i, value in enumerate(class_values)}
+        small = np.zeros((len(class_values),) + probs.shape[1:], np.float32)
+        for channel, label in enumerate(coarse.labels):
+            if label in index:
+                small[index[label]] = probs[channel]
+        if coarse.ignore is not None:
+            small[:, coarse.ignore] = 0
+        return upsample_probs(small, image_hw)
+    if len(probs) != len(class_values):
+        raise SpnrefineError(
+            f"coarse map holds {len(probs)} classes but the masks hold {len(class_values)}; "
+            "give class ids or one channel per class",
+            path,
+        )
+    return upsample_probs(probs, image_hw)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
