@@ -226,3 +226,45 @@ def mean_boundary_f(
         return math.nan
     scores = [boundary_f(pred == c, gt == c, tolerance_px, ignore) for c in present]
     return float(np.mean(scores))
+
+
+def count_components(mask: np.ndarray) -> int:
+    """Connected parts of a binary mask (8-connected): foreground islands and fragments."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if not mask.any():
+        return 0
+    count, _ = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+    return count - 1
+
+
+def count_holes(mask: np.ndarray) -> int:
+    """Background regions of a binary mask (4-connected, the dual of 8-connected foreground)
+    that do not touch the image border: holes cut into the foreground."""
+    background = np.ascontiguousarray(~np.asarray(mask, dtype=bool)).view(np.uint8)
+    if not background.any():
+        return 0
+    count, labels = cv2.connectedComponents(background, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return count - 1 - int(np.count_nonzero(border))
+
+
+def count_regions(labels: np.ndarray, ignore_index: int = 255) -> int:
+    """Connected regions of a label map: `count_components` of each class summed (pixels equal
+    to `ignore_index` belong to none)."""
+    labels = np.asarray(labels)
+    present = np.flatnonzero(np.bincount(labels.ravel().astype(np.int64)))
+    return sum(count_components(labels == c) for c in present if c != ignore_index)
+
+
+def foreground_errors(
+    pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None
+) -> tuple[int, int, int]:
+    """(true foreground, missed foreground, false foreground) pixel counts of two binary masks,
+    over pixels not under `ignore`: missed is true foreground predicted as background, false is
+    background predicted as foreground. Shares are taken of the true foreground."""
+    pred, gt, valid = _binary_inputs(pred, gt, ignore)
+    return (
+        int(np.count_nonzero(gt & valid)),
+        int(np.count_nonzero(gt & ~pred & valid)),
+        int(np.count_nonzero(~gt & pred & valid)),
+    )

@@ -8,7 +8,11 @@ from spnrefine.metrics import (
     IoUAccumulator,
     boundary_f,
     boundary_map,
+    count_components,
+    count_holes,
+    count_regions,
     davis_tolerance,
+    foreground_errors,
     iou,
     mba,
     mba_radii,
@@ -198,3 +202,54 @@ def test_mean_boundary_f_ignores_void_and_uses_tolerance():
     assert mean_boundary_f(pred, gt, tolerance_px=1) == 1.0
     gt[:, 5:8] = 255  # the edge now lies in a void stripe
     assert mean_boundary_f(pred, gt, tolerance_px=0) == 1.0
+
+
+def test_components_count_islands_and_diagonal_touch_joins():
+    mask = np.zeros((20, 20), bool)
+    assert count_components(mask) == 0
+    mask[2:5, 2:5] = True
+    mask[10:12, 10:12] = True
+    assert count_components(mask) == 2
+    mask[5, 5] = True  # touches the first square at a corner only: one part (8-connected)
+    assert count_components(mask) == 2
+    mask[18, 0] = True
+    assert count_components(mask) == 3
+
+
+def test_holes_are_enclosed_background_not_the_outside():
+    mask = np.zeros((20, 20), bool)
+    assert count_holes(mask) == 0  # all background, touching the border: no hole
+    mask[2:12, 2:12] = True
+    assert count_holes(mask) == 0
+    mask[4:6, 4:6] = False
+    mask[8, 8] = False
+    assert count_holes(mask) == 2
+    # A gap through the ring to the outside is no longer a hole.
+    mask[4, 2:4] = False
+    assert count_holes(mask) == 1
+    # Background touching only diagonally is separate (4-connected background).
+    ring = np.ones((5, 5), bool)
+    ring[1, 1] = ring[2, 2] = False
+    assert count_holes(ring) == 2
+    assert count_holes(np.ones((3, 3), bool)) == 0
+
+
+def test_regions_of_a_label_map_skip_void():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[:, 5:] = 1
+    labels[2:4, 1:3] = 2
+    labels[7:9, 1:3] = 2
+    assert count_regions(labels) == 4  # class 0 (one, with holes), class 1, two of class 2
+    labels[0:10, 4] = 255  # void splits nothing here; it is no region itself
+    assert count_regions(labels) == 4
+    labels[5, 0:4] = 255  # void cuts class 0 in two
+    assert count_regions(labels) == 5
+
+
+def test_foreground_errors_count_missed_and_false_pixels():
+    gt = square()
+    pred = square(2)  # two columns missed on the left, two false on the right
+    assert foreground_errors(pred, gt) == (SIDE * SIDE, 2 * SIDE, 2 * SIDE)
+    ignore = np.zeros_like(gt)
+    ignore[:, 20:] = True  # hides the false columns
+    assert foreground_errors(pred, gt, ignore) == (SIDE * SIDE, 2 * SIDE, 0)
