@@ -1,0 +1,92 @@
+"""spnrefine.guard: a sure coarse map comes out as it is, a narrow band of doubt is kept, a
+wide one is refined, and islands and holes with no trace in a binary coarse map go."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spnrefine.guard import guard, trust, untraced_parts
+
+
+def binary(fg: np.ndarray) -> np.ndarray:
+    fg = fg.astype(np.float32)
+    return np.stack([1 - fg, fg])
+
+
+def ramp_map(width: float, shape=(40, 80)) -> np.ndarray:
+    """A vertical boundary at x = 40 whose foreground probability ramps over `width` px."""
+    x = np.arange(shape[1], dtype=np.float32)
+    fg = np.clip((x - 40) / width + 0.5, 0, 1)
+    return binary(np.broadcast_to(fg, shape))
+
+
+def test_a_sure_coarse_map_comes_out_unchanged_whatever_the_refiner_says():
+    coarse = binary(np.arange(80)[None, :].repeat(40, 0) >= 37)
+    refined = binary(np.random.default_rng(0).random((40, 80)) > 0.5)
+    assert np.array_equal(guard(coarse, refined), coarse)
+
+
+def test_trust_ramps_from_sure_to_twice_sure():
+    coarse = binary(np.full((5, 5), 0.5))
+    for fg, expected in [
+        (1.0, 0.0),
+        (0.99, 0.0),
+        (0.98, 0.0),
+        (0.97, 0.5),
+        (0.96, 1.0),
+        (0.6, 1.0),
+    ]:
+        coarse = binary(np.full((5, 5), fg))
+        assert trust(coarse, sure=0.02, narrow=0) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_narrow_band_of_doubt_is_kept_and_a_wide_one_refined():
+    refined = binary(np.arange(80)[None, :].repeat(40, 0) >= 42)  # the refiner moves 2 px right
+    narrow = ramp_map(2)  # doubt over ~2 px, as a ×2 map has
+    assert np.array_equal(guard(narrow, refined), narrow)
+    wide = ramp_map(16)  # doubt over ~16 px, as a ×8 map has
+    out = guard(wide, refined)
+    assert (out.argmax(0) == refined.argmax(0)).all()
+    # The rims of the wide band, where the coarse map is nearly sure, stay the coarse map's.
+    assert np.allclose(out[:, :, :30], wide[:, :, :30])
+
+
+def test_a_hole_with_no_trace_in_the_coarse_map_is_filled_and_a_traced_one_kept():
+    fg = np.full((60, 60), 0.8, np.float32)  # unsure foreground, as a soft segmenter map
+    fg[:, :10] = 0.0
+    fg[40:50, 40:50] = 0.6  # here the coarse map has some background: a trace
+    coarse = binary(fg)
+    cut = fg > 0.5
+    cut[15:25, 15:25] = False  # a hole where the coarse map saw no background
+    cut[42:48, 42:48] = False  # a hole where it gave background 0.4
+    cut[5:8, 2:5] = True  # an island in the background
+    out = guard(coarse, binary(cut), narrow=0)
+    labels = out.argmax(0)
+    assert labels[15:25, 15:25].all()
+    assert not labels[42:48, 42:48].any()
+    assert not labels[5:8, 2:5].any()
+    assert np.allclose(out[:, 15:25, 15:25], coarse[:, 15:25, 15:25])
+
+
+def test_label_maps_keep_a_class_the_coarse_map_lost():
+    coarse = np.zeros((3, 30, 30), np.float32)
+    coarse[0] = 0.75
+    coarse[1] = 0.2
+    coarse[2] = 0.05
+    refined = np.zeros_like(coarse)
+    refined[0] = 1.0
+    refined[:, 10:20, 14:16] = [[[0.0]], [[0.0]], [[1.0]]]  # a thin pole of class 2
+    out = guard(coarse, refined, narrow=0)
+    assert (out.argmax(0)[10:20, 14:16] == 2).all()
+
+
+def test_untraced_parts_looks_at_each_class_of_the_labels():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[2:4, 2:4] = 1
+    labels[6:8, 6:8] = 1
+    coarse = binary(np.zeros((10, 10)))
+    coarse[:, 6, 6] = [0.5, 0.5]
+    expected = np.zeros((10, 10), bool)
+    expected[2:4, 2:4] = True
+    assert np.array_equal(untraced_parts(labels, coarse, 0.3), expected)
