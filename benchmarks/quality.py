@@ -15,8 +15,9 @@ val, a fifth of the horses). ``--prepared`` is a folder of further data sets
 (``<set>/{images,masks}/``, coarse maps in ``<set>/coarse-<source>/``): the ``--unseen`` sets
 are whole domains kept out of training (every image scored, ×8 from the ground truth and
 every coarse source they have), the ``--val`` sets are training domains of which the
-validation split is scored. ``--segmenter`` names the coarse source kept out of training: its
-maps on the unseen and validation images make the unseen-segmenter rows.
+validation split is scored. ``--segmenter`` names the coarse source kept out of training
+(``mediapipe`` takes every ``coarse-mediapipe*-*/`` variant): its maps on the unseen and
+validation images make the unseen-segmenter rows.
 
 The do-no-harm rows feed every validation domain's ground truth in as the coarse map, as it
 is and ×2 area-downsampled: an input that is already right must come out with IoU within
@@ -291,6 +292,12 @@ def shared_rows(
     return rows
 
 
+def held_out(source: str, segmenter: str | None) -> bool:
+    """Whether a coarse source is the held-out segmenter's (its name, or a variant of it:
+    ``mediapipe`` holds out ``mediapipe256-s8`` and ``mediapipe144-s16``)."""
+    return bool(segmenter) and (source == segmenter or source.startswith(f"{segmenter}-"))
+
+
 def prepared_rows(
     prepared: Path,
     unseen: list[str],
@@ -305,7 +312,7 @@ def prepared_rows(
     if missing:
         raise MissingData(f"{prepared}: missing {', '.join(f'{s}/' for s in missing)}")
     rows = []
-    held_out_maps = 0
+    held_out_rows = 0
     for name in unseen + val:
         folder = Folder(prepared / name)
         stems = folder.stems if name in unseen else folder.split("val", seed)
@@ -315,19 +322,21 @@ def prepared_rows(
         if name in unseen and "unseen-domain" in groups:
             rows.append(gt_row("unseen-domain", folder, stems, FACTOR, limit))
             for source, path in sources.items():
-                if source != segmenter:
+                if not held_out(source, segmenter):
                     rows.append(file_row("unseen-domain", folder, stems, path, source, limit))
-        if segmenter and "unseen-segmenter" in groups and segmenter in sources:
-            rows.append(
-                file_row("unseen-segmenter", folder, stems, sources[segmenter], segmenter, limit)
-            )
-            held_out_maps += 1
+        if "unseen-segmenter" in groups:
+            for source, path in sources.items():
+                have = {p.stem for p in path.glob("*.png")}
+                if held_out(source, segmenter) and have.intersection(stems):
+                    rows.append(file_row("unseen-segmenter", folder, stems, path, source, limit))
+                    held_out_rows += 1
         if "do-no-harm" in groups:
             rows.append(gt_row("do-no-harm", folder, stems, 1, limit))
             rows.append(gt_row("do-no-harm", folder, stems, HARM_FACTOR, limit))
-    if segmenter and "unseen-segmenter" in groups and not held_out_maps:
+    if segmenter and "unseen-segmenter" in groups and not held_out_rows:
         raise MissingData(
-            f"{prepared}: no coarse-{segmenter}/ in any of {', '.join(unseen + val)} (--segmenter)"
+            f"{prepared}: no coarse-{segmenter}*/ maps of the scored images of "
+            f"{', '.join(unseen + val)} (--segmenter)"
         )
     return rows
 
@@ -656,7 +665,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--segmenter",
         metavar="SOURCE",
-        help="the coarse source kept out of training (coarse-SOURCE/ of the prepared sets)",
+        help="the coarse source kept out of training: coarse-SOURCE/ and coarse-SOURCE-*/ of "
+        "the prepared sets (on the validation split of --val sets, all of --unseen sets)",
     )
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--limit", type=int, default=None, help="items per row (evenly spaced)")
