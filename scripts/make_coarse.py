@@ -148,7 +148,10 @@ def resize_probs(probs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     h, w = size_hw
     shrink = h <= probs.shape[0] and w <= probs.shape[1]
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    out = cv2.resize(np.ascontiguousarray(probs, np.float32), (w, h), interpolation=interpolation)
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim == 3 and probs.shape[2] > 4:  # OpenCV's area resize takes at most 4 channels
+        return np.stack([resize_probs(probs[..., c], size_hw) for c in range(probs.shape[2])], -1)
+    out = cv2.resize(np.ascontiguousarray(probs), (w, h), interpolation=interpolation)
     return out.reshape((h, w) + probs.shape[2:])
 
 

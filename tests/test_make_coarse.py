@@ -119,6 +119,14 @@ def test_resize_probs_area_averages_when_shrinking():
     assert mc.soft_png(np.array([0.0, 0.5, 1.0])).tolist() == [0, 128, 255]
 
 
+def test_resize_probs_takes_many_classes():
+    probs = np.random.default_rng(0).random((16, 24, 11)).astype(np.float32)
+    small = mc.resize_probs(probs, (4, 6))
+    assert small.shape == (4, 6, 11)
+    np.testing.assert_allclose(small[..., 7], mc.resize_probs(probs[..., 7], (4, 6)), atol=1e-6)
+    np.testing.assert_allclose(small[0, 0], probs[:4, :4].mean((0, 1)), atol=1e-5)
+
+
 def test_isnet_input_is_stretched_square_and_centred():
     rgb = np.full((30, 50, 3), 128, np.uint8)
     rgb[:, :, 0] = 255
