@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -580,6 +580,7 @@ class Quality:
     iou: float  # binary: mean per-image foreground IoU; multi-class: mIoU over the set
     boundary_f: float  # mean per image, 2 px tolerance (multi-class: mean over classes)
     worst: float = float("nan")  # binary: lowest per-image IoU
+    per_image: dict[str, float] = field(default_factory=dict)  # binary: stem → IoU
 
 
 def upsampled_prediction(coarse: np.ndarray, image_hw: tuple[int, int], binary: bool, classes: int):
@@ -616,7 +617,8 @@ def evaluate(prepared: PreparedSet, source: str, every: int = 1) -> Quality:
             bfs.append(mean_boundary_f(pred, gt))
     if binary:
         worst = min(ious.per_image) if stems else float("nan")
-        return Quality(source, len(stems), ious.mean_iou, float(np.nanmean(bfs)), worst)
+        per_image = dict(zip(stems, ious.per_image, strict=True))
+        return Quality(source, len(stems), ious.mean_iou, float(np.nanmean(bfs)), worst, per_image)
     return Quality(source, len(stems), confusion.miou(), float(np.nanmean(bfs)))
 
 
@@ -626,17 +628,30 @@ def sources_of(prepared: PreparedSet) -> list[str]:
     )
 
 
-def quality_table(prepared: PreparedSet, every: int = 1) -> str:
-    """A Markdown table of every coarse source the set has."""
+def quality_table(prepared: PreparedSet, every: int = 1, by_group: bool = False) -> str:
+    """A Markdown table of every coarse source the set has; with ``by_group`` (binary sets) a
+    second one of the mean IoU per group (a video's frames) and source."""
+    from spnrefine.train.data import group_of
+
     metric = "mIoU" if prepared.multiclass else "mean IoU"
     lines = [
         f"| {prepared.name}: source | maps | {metric} | boundary F (2 px) | worst IoU |",
         "|---|---|---|---|---|",
     ]
-    for source in sources_of(prepared):
-        q = evaluate(prepared, source, every)
+    scores = [evaluate(prepared, source, every) for source in sources_of(prepared)]
+    for q in scores:
         worst = "" if np.isnan(q.worst) else f"{q.worst:.3f}"
-        lines.append(f"| {source} | {q.images} | {q.iou:.3f} | {q.boundary_f:.3f} | {worst} |")
+        lines.append(f"| {q.source} | {q.images} | {q.iou:.3f} | {q.boundary_f:.3f} | {worst} |")
+    if by_group and not prepared.multiclass:
+        groups = sorted({group_of(stem) for q in scores for stem in q.per_image})
+        lines += ["", "| group | " + " | ".join(q.source for q in scores) + " |"]
+        lines.append("|---" * (len(scores) + 1) + "|")
+        for group in groups:
+            cells = []
+            for q in scores:
+                values = [v for stem, v in q.per_image.items() if group_of(stem) == group]
+                cells.append(f"{np.mean(values):.2f} ({len(values)})" if values else "")
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -663,6 +678,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     weak.add_argument("--input-size", type=int, default=WeakConfig.input_size)
     ev = sub.add_parser("eval", parents=[common], help="quality of every coarse source of a set")
     ev.add_argument("--every", type=int, default=1, help="score every N-th map")
+    ev.add_argument("--by-group", action="store_true", help="also mean IoU per video/group")
     sub.add_parser("list", help="the pretrained segmenters and their coarse sources")
     args = parser.parse_args(argv)
 
@@ -689,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = WeakConfig(folds=args.folds, steps=args.steps, input_size=args.input_size)
         run_weak(prepared, config, args.strides, log)
     else:
-        sys.stdout.write(quality_table(prepared, args.every))
+        sys.stdout.write(quality_table(prepared, args.every, args.by_group))
 
 
 if __name__ == "__main__":

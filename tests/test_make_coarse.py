@@ -287,6 +287,9 @@ def test_evaluate_scores_a_downsampled_truth_high_and_an_empty_map_zero(tmp_path
     assert empty.iou == 0.0 and empty.worst == 0.0
     table = mc.quality_table(prepared)
     assert "| good | 12 |" in table and "| empty | 12 | 0.000 |" in table
+    by_group = mc.quality_table(prepared, by_group=True)
+    assert "| group | empty | good |" in by_group
+    assert "| seq2 | 0.00 (3) |" in by_group
 
 
 def test_a_set_of_class_ids_0_1_with_void_is_binary_and_void_is_not_scored(tmp_path):
