@@ -29,7 +29,7 @@ from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.ray_engine import INSTALL_HINT, run_batch_ray
 from spnrefine.remote import refine_uri_pair
 
-DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GOOD, CORRUPT = 19, "zz-corrupt"
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -45,17 +45,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """19 DAVIS frames at 256×144 with their masks shrunk ×8 as coarse maps, side by side,
-    and one image whose file is cut short."""
+    """19 crops of the examples at 256×144 with their coarse maps cropped alike and shrunk to
+    32×18, side by side, and one image whose file is cut short."""
     folder = tmp_path_factory.mktemp("pairs")
-    frames = sorted(p.stem for p in (DAVIS / "images").glob("*.jpg"))
-    if len(frames) < GOOD:
-        pytest.skip(f"needs the DAVIS frames in {DAVIS}")
-    for stem in frames[:: len(frames) // GOOD][:GOOD]:
-        image = Image.open(DAVIS / "images" / f"{stem}.jpg").convert("RGB")
-        image.resize((256, 144), Image.BICUBIC).save(folder / f"{stem}.jpg", quality=90)
-        mask = Image.open(DAVIS / "masks" / f"{stem}.png").convert("L")
-        small = np.asarray(mask.resize((32, 18), Image.BILINEAR)) > 127
+    for i in range(GOOD):
+        name = ("astronaut", "coffee")[i % 2]
+        image = Image.open(EXAMPLES / f"{name}.jpg").convert("RGB")
+        coarse = Image.open(EXAMPLES / f"{name}_coarse.png").resize(image.size, Image.BILINEAR)
+        box = (9 * i, 7 * i, 9 * i + 320, 7 * i + 180)
+        stem = f"{name}_{i:02d}"
+        image.crop(box).resize((256, 144), Image.BICUBIC).save(folder / f"{stem}.jpg", quality=90)
+        small = np.asarray(coarse.crop(box).resize((32, 18), Image.BILINEAR)) > 127
         Image.fromarray(small.astype(np.uint8) * 255).save(folder / f"{stem}_coarse.png")
     good = (folder / f"{stem}.jpg").read_bytes()
     (folder / f"{CORRUPT}.jpg").write_bytes(good[: len(good) // 3])
