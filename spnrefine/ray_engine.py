@@ -9,7 +9,11 @@ import logging
 import math
 import os
 import socket
+import sys
+import sysconfig
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -24,6 +28,10 @@ if TYPE_CHECKING:
     from spnrefine.api import Refiner
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'spnrefine[ray]'"
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+# Ray's core prints this once per driver for every actor pool, Ray Data's own included: the
+# pool's constructor arguments live in the object store, which the driver keeps (issue 53727).
+ACTOR_ARGUMENTS_NOTE = b"has constructor arguments in the object store and max_restarts > 0"
 # A task's pairs are refined one after another by one worker: enough pairs to hide the cost of
 # a task (milliseconds), few enough that a worker's death repeats little and the bar moves.
 PAIRS_PER_TASK = 16
@@ -139,23 +147,130 @@ def _connect(address: str | None) -> bool:
     settings = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is not None:
         _check_reachable(address)
+        _check_token(address)
     try:
-        if address is None:
-            # "local" starts a new Ray even where `ray start` left one running. It listens on
-            # the loopback address only: a laptop's Ray is not for the network.
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                **settings,
-            )
-        else:
-            ray.init(address=address, **settings)
+        with _outside_the_working_directory():
+            if address is None:
+                # "local" starts a new Ray even where `ray start` left one running. It listens
+                # on the loopback address only: a laptop's Ray is not for the network.
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    **settings,
+                )
+            else:
+                ray.init(address=address, **settings)
     except Exception as err:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = f"at {address}" if address else "locally"
-        raise SpnrefineError(f"cannot start or reach Ray {where}: {first_line}") from None
+        hint = ""
+        if address is not None and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token)"
+        raise SpnrefineError(f"cannot start or reach Ray {where}: {first_line}{hint}") from None
     return True
+
+
+@contextmanager
+def _outside_the_working_directory() -> Iterator[None]:
+    """Ray puts the driver's working directory first on every worker's import path, so a
+    folder named `spnrefine` there (a clone's root) would shadow the installed package in the
+    workers. Connect from the standard library's folder instead: it is on every worker's
+    path already and holds no `spnrefine`. Local paths are made absolute before they travel."""
+    here = os.getcwd()
+    os.chdir(sysconfig.get_path("stdlib"))
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def _check_token(address: str) -> None:
+    """Fail at once, naming the token, where the cluster at `address` refuses this driver's
+    credentials: Ray itself retries for 20 s, prints a warning a second, and then says only
+    "Failed to connect". Only `host:port` addresses of the cluster's GCS are asked."""
+    if "://" in address or address == "auto":
+        return
+    import ray.exceptions
+
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray release: ray.init reports what goes wrong
+        return
+    try:
+        with _native_stderr_to(os.devnull):  # its one warning line says what we say below
+            GcsClient(address=address)
+    except ray.exceptions.AuthenticationError:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            raise SpnrefineError(
+                f"the Ray cluster at {address} uses token authentication: set "
+                f"RAY_AUTH_MODE=token, with the cluster's token in {TOKEN_SOURCES}"
+            ) from None
+        raise SpnrefineError(
+            f"the Ray cluster at {address} refused the token: give the cluster's token in "
+            f"{TOKEN_SOURCES}"
+        ) from None
+    except Exception:  # noqa: BLE001 - anything else is ray.init's to report
+        pass
+
+
+@contextmanager
+def _native_stderr_to(path: str) -> Iterator[None]:
+    """File descriptor 2 (where Ray's C++ core logs) sent to `path` for a synchronous call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY)
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
+def _without_native_lines(note: bytes) -> Iterator[None]:
+    """While the job runs, copy what Ray's C++ core writes to file descriptor 2 to the real
+    stderr, all but the lines holding `note`. Python's sys.stderr (the progress bar, errors)
+    writes straight to the real stderr meanwhile, so a terminal stays a terminal. Only where
+    sys.stderr is this process's own (not a notebook's or a test runner's)."""
+    python_stderr = sys.stderr
+    if python_stderr is None or python_stderr is not sys.__stderr__ or not _is_fd2(python_stderr):
+        yield
+        return
+    python_stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def copy() -> None:
+        with open(read_end, "rb") as pipe:
+            for line in pipe:
+                if note not in line:
+                    os.write(real, line)
+        os.close(real)
+
+    copier = threading.Thread(target=copy, name="spnrefine-stderr", daemon=True)
+    copier.start()
+    encoding, errors = python_stderr.encoding, python_stderr.errors
+    sys.stderr = open(os.dup(real), "w", encoding=encoding, errors=errors, buffering=1)
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        # Closing the pipe's last write end lets the copier finish what is left, then stop.
+        os.dup2(real, 2)
+        copier.join(timeout=5)
+
+
+def _is_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_reachable(address: str) -> None:
@@ -185,8 +300,11 @@ def _stream(
     try:
         gpus = ray_options.gpus_per_worker
         per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(pairs) / (4 * workers))))
+        tasks = math.ceil(len(pairs) / per_task)
+        # More workers than tasks would start (import torch, receive the model) for nothing.
+        workers = min(workers, tasks)
         rows = [{"index": i, **asdict(_absolute(pair))} for i, pair in enumerate(pairs)]
-        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_task))
+        dataset = ray.data.from_items(rows, override_num_blocks=tasks)
         # Ray restarts a dead worker and reruns its task; a task that fails all the same
         # drops its block rather than the job, and its pairs are reported as failed below.
         dataset.context.max_errored_blocks = -1
@@ -208,7 +326,8 @@ def _stream(
             num_cpus=ray_options.cpus_per_worker,
             num_gpus=gpus,
         )
-        yield from with_progress(_reports(refined, pairs), len(pairs), console)
+        with _without_native_lines(ACTOR_ARGUMENTS_NOTE):
+            yield from with_progress(_reports(refined, pairs), len(pairs), console)
     finally:
         if started_here:
             ray.shutdown()

@@ -1,6 +1,8 @@
-"""`batch --engine ray` on a local 2-CPU Ray: the local batch's outputs byte for byte, bad
-pairs in the report, nothing rewritten on a rerun, and a job killed part-way that a rerun
-finishes with no pair lost and none redone."""
+"""`batch --engine ray` on a cluster of two one-CPU raylets on the loopback address, with
+Ray's token authentication on: the local batch's outputs byte for byte, bad pairs in the
+report, nothing rewritten on a rerun, a job killed part-way that a rerun finishes with no pair
+lost and none redone, a driver without the token refused in one line, and workers that import
+the installed package whatever the driver's working directory holds."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +33,7 @@ from spnrefine.batch import Pair, PairOptions, find_pairs, refine_pair
 from spnrefine.checkpoint import save_model
 from spnrefine.cli import app
 from spnrefine.model import ModelConfig, SPNRefiner
-from spnrefine.ray_engine import INSTALL_HINT, run_batch_ray
+from spnrefine.ray_engine import INSTALL_HINT, TOKEN_SOURCES, run_batch_ray
 from spnrefine.remote import refine_uri_pair
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -89,19 +96,104 @@ def local_outputs(cli: Callable, pairs_folder: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    context = ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.ERROR,
+
+def without_ray_settings(env: dict[str, str]) -> dict[str, str]:
+    """The environment with no Ray address or credentials of the machine's own."""
+    names = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    return {name: value for name, value in env.items() if name not in names}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two raylets of one CPU each on 127.0.0.1 (a head and a second node), started with
+    `ray start` and Ray's token authentication, in their own process groups and temporary
+    folder, on free ports; killed at the end. Yields the address and the token."""
+    token = secrets.token_hex(32)
+    env = {**without_ray_settings(os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # Short: Ray's socket paths under it must fit in 107 bytes.
+    temp = tempfile.mkdtemp(prefix="spnr-ray-")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+
+    def ray_start(*args: str) -> list[str]:
+        common = ("--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats")
+        agent = f"--dashboard-agent-listen-port={free_port()}"
+        return [sys.executable, "-m", "ray.scripts.scripts", "start", *common, agent, *args]
+
+    head = ray_start(
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        f"--temp-dir={temp}",
     )
-    yield context.address_info["address"]
-    ray.shutdown()
+    groups = []
+    try:
+        for command in (head, ray_start(f"--address={address}")):
+            start = subprocess.Popen(
+                command,
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            groups.append(start.pid)
+            _, err = start.communicate(timeout=180)
+            assert start.returncode == 0, err.decode(errors="replace")[-3000:]
+        yield address, token
+    finally:
+        stop_groups(groups)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_groups(groups: list[int]) -> None:
+    """End every process of these process groups: SIGTERM, then SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        alive = []
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+                alive.append(group)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [group for group in alive if group_alive(group)]
+        if not alive:
+            return
+        groups = alive
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_address(cluster):
+    """This test process connected to the cluster, as a notebook would be."""
+    address, token = cluster
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", token)
+        import ray  # after the settings: Ray reads them once, when imported
+
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            yield address
+        finally:
+            ray.shutdown()
 
 
 def outputs(folder: Path) -> dict[str, tuple[int, int]]:
@@ -202,6 +294,59 @@ def test_a_killed_ray_job_rerun_finishes_the_rest_and_redoes_nothing(
     assert_same_bytes(out, local_outputs)  # none lost
     summary = json.loads(report.read_text())["summary"]
     assert summary == {**summary, "ok": GOOD - len(first), "skipped": len(first), "failed": 1}
+
+
+def cli_command(*args: object) -> list[str]:
+    """The command line as a user's shell runs it: `-P` keeps the working directory off the
+    driver's own import path, as the `spnrefine` script does."""
+    return [sys.executable, "-P", "-c", "from spnrefine.cli import app; app()", *map(str, args)]
+
+
+@needs_ray
+def test_workers_import_the_installed_package_from_a_folder_holding_a_spnrefine_and_stay_quiet(
+    ray_address, pairs_folder: Path, local_outputs: Path, model_dir: Path, tmp_path: Path
+):
+    # Ray puts the driver's working directory first on the workers' import path; a clone
+    # named spnrefine there was imported by the workers instead of the installed package.
+    shadow = tmp_path / "spnrefine"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the working folder spnrefine')\n")
+    out = tmp_path / "refined"
+    command = cli_command("batch", pairs_folder, "--engine", "ray", "--address", ray_address)
+    command += ["--out", str(out)]
+    env = {**os.environ, "SPNREFINE_WEIGHTS": str(model_dir), "NO_COLOR": "1"}
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr  # the corrupt pair
+    assert_same_bytes(out, local_outputs)
+    # What the local batch says, and nothing of Ray's (its core_worker.cc note included).
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("refining")]
+    assert lines[-1].startswith(f"{GOOD} refined, 0 already done, 1 failed in "), lines
+    assert lines[:-1] == [line for line in lines[:-1] if CORRUPT in line], lines
+
+
+@needs_ray
+def test_a_driver_without_the_clusters_token_is_refused_at_once_in_one_line_naming_it(
+    cluster, pairs_folder: Path, model_dir: Path, tmp_path: Path
+):
+    address, token = cluster
+    env = {**without_ray_settings(os.environ), "SPNREFINE_WEIGHTS": str(model_dir)}
+    command = cli_command("batch", pairs_folder, "--engine", "ray", "--address", address)
+    command += ["--out", str(tmp_path / "refined"), "-q"]
+    wrong = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * len(token)}
+    cases = [
+        ({}, "uses token authentication: set RAY_AUTH_MODE=token, with the cluster's token"),
+        (wrong, "refused the token: give the cluster's token"),
+    ]
+    for settings, problem in cases:
+        result = subprocess.run(
+            command, env={**env, **settings}, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: the Ray cluster at {address} {problem} in {TOKEN_SOURCES}"
+        ]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow (ray[data])")
