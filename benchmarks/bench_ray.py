@@ -3,14 +3,15 @@ one run: images/second, Ray's rate as a fraction of the local one, and the per-w
 that a cluster multiplies.
 
 The folder is built from real DAVIS frames (resized) and their ground-truth masks shrunk ×8 as
-coarse maps. Each engine writes to its own fresh output folder; the runs alternate (local,
-Ray from cold, Ray on the running cluster, local again) so that other load on the machine
-falls on both. "starting Ray" counts starting Ray and its workers, as a laptop run of the
-command does; "Ray running" only the job on a Ray that is already up (--address, a notebook);
-"workers up" is the rate of the workers alone, from each pair's own time in its report.
+coarse maps, from $SPNREFINE_DATA/davis/{images,masks}/ (the development data). Each engine
+writes to its own fresh output folder; the runs alternate (local, Ray from cold, Ray on the
+running cluster, local again) so that other load on the machine falls on both. "starting Ray"
+counts starting Ray and its workers, as a laptop run of the command does; "Ray running" only
+the job on a Ray that is already up (--address, a notebook); "workers up" is the rate of the
+workers alone, from each pair's own time in its report.
 
-Run from the repository root: python benchmarks/bench_ray.py [--pairs N] [--size WxH]
-[--workers N] [--weights W]
+Run from the repository root: SPNREFINE_DATA=DIR python benchmarks/bench_ray.py [--pairs N]
+[--size WxH] [--workers N] [--weights W]
 """
 
 from __future__ import annotations
@@ -33,19 +34,29 @@ from spnrefine.api import Refiner
 from spnrefine.batch import PairOptions, PairReport, find_pairs, run_batch
 from spnrefine.ray_engine import RayOptions, run_batch_ray
 
-DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
 FACTOR = 8
+
+
+def davis_folder() -> Path:
+    """$SPNREFINE_DATA/davis, or exit with one line saying what is missing."""
+    root = os.environ.get("SPNREFINE_DATA")
+    if not root:
+        sys.exit("bench_ray.py: set SPNREFINE_DATA to the folder holding davis/images, davis/masks")
+    return Path(root) / "davis"
 
 
 def build_folder(folder: Path, count: int, size: tuple[int, int]) -> None:
     """`count` frames spread over the DAVIS sequences, as NAME.jpg + NAME_coarse.png."""
-    frames = sorted(p.stem for p in (DAVIS / "images").glob("*.jpg"))
+    davis = davis_folder()
+    frames = sorted(p.stem for p in (davis / "images").glob("*.jpg"))
     if len(frames) < count:
-        sys.exit(f"{DAVIS}: fewer than {count} frames")
+        sys.exit(f"bench_ray.py: {davis / 'images'}: fewer than {count} frames (.jpg)")
     small = (size[0] // FACTOR, size[1] // FACTOR)
     for stem in frames[:: len(frames) // count][:count]:
-        image = cv2.imread(str(DAVIS / "images" / f"{stem}.jpg"), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(DAVIS / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        image = cv2.imread(str(davis / "images" / f"{stem}.jpg"), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(davis / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            sys.exit(f"bench_ray.py: {davis / 'masks' / stem}.png is missing or unreadable")
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         coarse = cv2.resize((mask > 127).astype(np.float32), small, interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(folder / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
