@@ -5,7 +5,7 @@ Run from the repository root:
 
     python benchmarks/quality.py --data DATA [--prepared PREPARED --unseen SET ...
         --val SET ... --segmenter SOURCE] [--split val] [--spn WEIGHTS] [--limit N]
-        [--groups ...] [--no-crf] [--tolerance PX] [--grid]
+        [--unguarded] [--groups ...] [--no-crf] [--tolerance PX] [--grid]
 
 ``--data`` is the folder with the training domains (``davis/``, ``horses/``, ``camvid/`` and
 ``davis-coarse/``, the real ISNet maps of DAVIS frames): the in-domain rows, ×8 coarse maps
@@ -23,8 +23,10 @@ The do-no-harm rows feed every validation domain's ground truth in as the coarse
 is and ×2 area-downsampled: an input that is already right must come out with IoU within
 0.001 of the input's. Every row also counts the missed and false foreground (shares of the
 true foreground) and the connected components and holes per image of the ground truth, the
-coarse map and each method's output. A data folder that is asked for and missing, or a row
-with no items, is an error.
+coarse map and each method's output. ``--spn`` scores the model as `spnrefine refine` runs it,
+with the do-no-harm guard (``spnrefine.guard``); ``--unguarded`` adds the model's own map
+beside it. A data folder that is asked for and missing, or a row with no items, is an
+error.
 """
 
 from __future__ import annotations
@@ -677,6 +679,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("all", "val"), default="all")
     parser.add_argument("--seed", type=int, default=0, help="the training run's --seed")
     parser.add_argument("--spn", metavar="WEIGHTS", help="also score spnrefine with these weights")
+    parser.add_argument(
+        "--unguarded",
+        action="store_true",
+        help="with --spn, also score the model's map without the do-no-harm guard",
+    )
     parser.add_argument("--overlap", type=int, default=None, help="spnrefine tile overlap")
     parser.add_argument("--tile", type=int, default=None, help="spnrefine tile size")
     parser.add_argument(
@@ -738,6 +745,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         refiner = Refiner.load(args.spn, **tiling)
         methods["spn"] = refiner.refine_probs
+        if args.unguarded:
+            methods["spn-unguarded"] = Refiner.load(args.spn, guard=False, **tiling).refine_probs
     results = [evaluate(row, methods, args.tolerance) for row in rows]
     print_table(results, args.tolerance)
     if args.grid:

@@ -61,8 +61,8 @@ Output = str | Path | BinaryIO
 class Refiner(Predictor):
     """The predictor with its file layer: refines images and coarse maps given as paths, `-`
     (stdin), file bytes or arrays, and writes the results. Settings are the predictor's
-    (`method`, `device`, `tile`, `overlap`, `batch_size`, `confident`), and `max_pixels`, the
-    largest input decoded."""
+    (`method`, `device`, `tile`, `overlap`, `batch_size`, `confident`, `guard`), and
+    `max_pixels`, the largest input decoded."""
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ import torch
 from spnrefine.baselines import BASELINES, crf_available
 from spnrefine.baselines.crf import MISSING as CRF_MISSING
 from spnrefine.errors import SpnrefineError
+from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
 from spnrefine.io.outputs import (
     encode_output,
@@ -109,6 +110,7 @@ class Predictor:
         overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 16,
         confident: float = 0.98,
+        guard: bool = True,
     ):
         check_method(method)
         if method == "spn" and model is None:
@@ -130,6 +132,7 @@ class Predictor:
         self.info = info
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.confident = confident
+        self.guard = guard
 
     @classmethod
     def load(cls, weights: str | Path | None = None, *, method: Method = "spn", **settings):
@@ -166,14 +169,16 @@ class Predictor:
         self, image_rgb: np.ndarray, probs: np.ndarray, stats: TileStats | None = None
     ) -> np.ndarray:
         """The model pass alone (or the baseline's): C×H×W probabilities at the image's size →
-        refined C×H×W."""
+        refined C×H×W. The model's map is kept to what the coarse map leaves open
+        (`spnrefine.guard`: where the coarse map is sure it stays, islands and holes it has no
+        trace of are dropped) unless the predictor was made with `guard=False`."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8, got {image_rgb.shape} {image_rgb.dtype}")
         if probs.ndim != 3 or probs.shape[1:] != image_rgb.shape[:2]:
             raise ValueError(f"probs {probs.shape} must be C×H×W with H×W = {image_rgb.shape[:2]}")
         if self.method != "spn":
             return BASELINES[self.method](image_rgb, probs)
-        return refine_tiled(
+        refined = refine_tiled(
             self._inference_model,
             image_rgb,
             probs,
@@ -184,6 +189,7 @@ class Predictor:
             device=self.device,
             stats=stats,
         )
+        return do_no_harm(probs, refined) if self.guard else refined
 
     def to(self, device: Device) -> Predictor:
         """The same refiner (weights, method, settings) on another device: a worker that was

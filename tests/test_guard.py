@@ -90,3 +90,19 @@ def test_untraced_parts_looks_at_each_class_of_the_labels():
     expected = np.zeros((10, 10), bool)
     expected[2:4, 2:4] = True
     assert np.array_equal(untraced_parts(labels, coarse, 0.3), expected)
+
+
+def test_the_predictor_keeps_a_sure_mask_unless_told_not_to():
+    from spnrefine.model import ModelConfig, SPNRefiner
+    from spnrefine.predictor import Predictor
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    mask = binary(np.arange(64)[None, :].repeat(48, 0) >= 30)
+    guarded = Predictor(model, tile=32, overlap=8, device="cpu")
+    assert np.array_equal(guarded.refine_probs(image, mask), mask)
+    unguarded = Predictor(model, tile=32, overlap=8, device="cpu", guard=False)
+    assert not np.allclose(unguarded.refine_probs(image, mask), mask, atol=1e-3)

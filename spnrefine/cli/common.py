@@ -100,6 +100,14 @@ MethodOption = Annotated[
 TileOption = Annotated[int, typer.Option(help="Tile size in pixels (a multiple of 8).")]
 OverlapOption = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, blended.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Tiles per model call.")]
+GuardOption = Annotated[
+    bool,
+    typer.Option(
+        help="Keep the model to what the coarse map leaves open: where the map is sure (or "
+        "unsure only in a band a few pixels wide) it stays, and islands and holes it has no "
+        "trace of are dropped. --no-guard gives the model's map as it is."
+    ),
+]
 CoarseTypeOption = Annotated[
     Literal["auto", "labels", "prob"],
     typer.Option(
@@ -144,6 +152,7 @@ class RefineSettings:
     tile: TileOption = DEFAULT_TILE
     overlap: OverlapOption = DEFAULT_OVERLAP
     batch_size: BatchSizeOption = 16
+    guard: GuardOption = True
     coarse_type: CoarseTypeOption = "auto"
     logits: LogitsOption = False
     stretch: StretchOption = False
@@ -162,6 +171,7 @@ class RefineSettings:
             tile=self.tile,
             overlap=self.overlap,
             batch_size=self.batch_size,
+            guard=self.guard,
             max_pixels=self.max_pixels,
         )
 
