@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import itertools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -649,8 +650,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         type=Path,
+        default=os.environ.get("SPNREFINE_DATA") or None,
         help="folder with the training domains: davis/, horses/, camvid/, "
-        "davis-coarse/ (in-domain rows)",
+        "davis-coarse/ (in-domain rows); default $SPNREFINE_DATA",
     )
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--prepared", type=Path, help="folder of further prepared data sets")
@@ -697,8 +699,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.data is None and args.prepared is None:
         parser.error(
-            "no data to score: give --data (the folder with davis/, horses/, camvid/, "
-            "davis-coarse/) and/or --prepared with --unseen or --val sets"
+            "no data to score: give --data or set $SPNREFINE_DATA (the folder with davis/, "
+            "horses/, camvid/, davis-coarse/) and/or --prepared with --unseen or --val sets"
         )
     if (args.unseen or args.val or args.segmenter) and args.prepared is None:
         parser.error("--unseen, --val and --segmenter name sets under --prepared; give it")

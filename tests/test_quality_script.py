@@ -29,8 +29,9 @@ class Result:
 
 
 @pytest.fixture
-def quality(capsys: pytest.CaptureFixture):
+def quality(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """Run the script's main in this process (a subprocess would import torch each time)."""
+    monkeypatch.delenv("SPNREFINE_DATA", raising=False)
 
     def run(*args: object) -> Result:
         code = 0
@@ -74,6 +75,7 @@ def test_without_any_data_it_fails_and_names_the_options(quality):
     result = quality()
     assert result.returncode != 0
     assert "--data" in result.stderr and "--prepared" in result.stderr
+    assert "SPNREFINE_DATA" in result.stderr
 
 
 def test_a_data_folder_without_the_sets_fails_naming_them(quality, tmp_path: Path):
