@@ -581,6 +581,7 @@ class Quality:
     boundary_f: float  # mean per image, 2 px tolerance (multi-class: mean over classes)
     worst: float = float("nan")  # binary: lowest per-image IoU
     per_image: dict[str, float] = field(default_factory=dict)  # binary: stem → IoU
+    ideal: float = float("nan")  # the same score for the truth itself at the maps' sizes
 
 
 def upsampled_prediction(coarse: np.ndarray, image_hw: tuple[int, int], binary: bool, classes: int):
@@ -594,6 +595,15 @@ def upsampled_prediction(coarse: np.ndarray, image_hw: tuple[int, int], binary: 
     return upsample_probs(onehot, image_hw).argmax(0)
 
 
+def truth_at(labels: np.ndarray, size_hw: tuple[int, int], binary: bool, classes: int):
+    """The best coarse map of this size: the truth area-averaged (soft foreground 0-255, or the
+    class with the largest share; void pixels count for no class)."""
+    if binary:
+        return soft_png(resize_probs((labels == 1).astype(np.float32), size_hw))
+    onehot = (labels[..., None] == np.arange(classes)).astype(np.float32)
+    return resize_probs(onehot, size_hw).argmax(-1).astype(np.uint8)
+
+
 def evaluate(prepared: PreparedSet, source: str, every: int = 1) -> Quality:
     """Quality of one coarse source over the stems that have its map (every ``every``-th)."""
     from spnrefine.metrics import ConfusionMatrix, IoUAccumulator, boundary_f, mean_boundary_f
@@ -603,23 +613,30 @@ def evaluate(prepared: PreparedSet, source: str, every: int = 1) -> Quality:
     binary = not prepared.multiclass
     classes = prepared.num_classes
     ious, confusion, bfs = IoUAccumulator(), ConfusionMatrix(classes), []
+    ideal_ious, ideal_confusion = IoUAccumulator(), ConfusionMatrix(classes)
     for stem in stems:
         gt = prepared.labels(stem)
         with Image.open(folder / f"{stem}.png") as im:
             coarse = np.asarray(im)
         pred = upsampled_prediction(coarse, gt.shape, binary, classes)
+        ideal = upsampled_prediction(
+            truth_at(gt, coarse.shape, binary, classes), gt.shape, binary, classes
+        )
         if binary:
             void = gt == IGNORE
             ious.update(pred, gt == 1, void)
+            ideal_ious.update(ideal, gt == 1, void)
             bfs.append(boundary_f(pred, gt == 1, ignore=void))
         else:
             confusion.update(pred, gt)
+            ideal_confusion.update(ideal, gt)
             bfs.append(mean_boundary_f(pred, gt))
+    bf = float(np.nanmean(bfs)) if bfs else float("nan")
     if binary:
         worst = min(ious.per_image) if stems else float("nan")
         per_image = dict(zip(stems, ious.per_image, strict=True))
-        return Quality(source, len(stems), ious.mean_iou, float(np.nanmean(bfs)), worst, per_image)
-    return Quality(source, len(stems), confusion.miou(), float(np.nanmean(bfs)))
+        return Quality(source, len(stems), ious.mean_iou, bf, worst, per_image, ideal_ious.mean_iou)
+    return Quality(source, len(stems), confusion.miou(), bf, ideal=ideal_confusion.miou())
 
 
 def sources_of(prepared: PreparedSet) -> list[str]:
@@ -635,13 +652,17 @@ def quality_table(prepared: PreparedSet, every: int = 1, by_group: bool = False)
 
     metric = "mIoU" if prepared.multiclass else "mean IoU"
     lines = [
-        f"| {prepared.name}: source | maps | {metric} | boundary F (2 px) | worst IoU |",
-        "|---|---|---|---|---|",
+        f"| {prepared.name}: source | maps | {metric} | boundary F (2 px) | worst IoU "
+        f"| {metric} of the truth at the maps' size |",
+        "|---|---|---|---|---|---|",
     ]
     scores = [evaluate(prepared, source, every) for source in sources_of(prepared)]
     for q in scores:
         worst = "" if np.isnan(q.worst) else f"{q.worst:.3f}"
-        lines.append(f"| {q.source} | {q.images} | {q.iou:.3f} | {q.boundary_f:.3f} | {worst} |")
+        lines.append(
+            f"| {q.source} | {q.images} | {q.iou:.3f} | {q.boundary_f:.3f} | {worst} "
+            f"| {q.ideal:.3f} |"
+        )
     if by_group and not prepared.multiclass:
         groups = sorted({group_of(stem) for q in scores for stem in q.per_image})
         lines += ["", "| group | " + " | ".join(q.source for q in scores) + " |"]

@@ -287,6 +287,7 @@ def test_evaluate_scores_a_downsampled_truth_high_and_an_empty_map_zero(tmp_path
     assert empty.iou == 0.0 and empty.worst == 0.0
     table = mc.quality_table(prepared)
     assert "| good | 12 |" in table and "| empty | 12 | 0.000 |" in table
+    assert good.ideal == pytest.approx(good.iou) and 0.7 < empty.ideal < good.ideal  # 5×7 vs 10×14
     by_group = mc.quality_table(prepared, by_group=True)
     assert "| group | empty | good |" in by_group
     assert "| seq2 | 0.00 (3) |" in by_group
@@ -318,4 +319,5 @@ def test_evaluate_multiclass_uses_class_ids(tmp_path):
         mc.write_png(prepared.coarse_path("good", stem), small)
         mc.write_png(prepared.coarse_path("flat", stem), np.zeros((5, 7), np.uint8))
     assert mc.evaluate(prepared, "good").iou > 0.85
-    assert mc.evaluate(prepared, "flat").iou < 0.4
+    flat = mc.evaluate(prepared, "flat")
+    assert flat.iou < 0.4 and flat.ideal > 0.6
