@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
@@ -77,12 +76,3 @@ def load_model(path: str | Path) -> SPNRefiner:
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise SpnrefineError(f"weights do not match config.json: {detail}", weights) from None
     return model.eval()
-
-
-def state_checksum(model: torch.nn.Module) -> str:
-    """A checksum of the parameters themselves, independent of the file they came from."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -22,12 +22,10 @@ from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
 @dataclass
 class TileStats:
+    """Tiles of one image: all of them, and those sent through the model (the rest were sure)."""
+
     total: int = 0
     refined: int = 0
-
-    @property
-    def skipped(self) -> int:
-        return self.total - self.refined
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -76,7 +74,6 @@ def refine_tiled(
     batch_size: int = 16,
     confident: float = 0.98,
     device: torch.device | str = "cpu",
-    backend: str | None = None,
     stats: TileStats | None = None,
 ) -> np.ndarray:
     """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32."""
@@ -109,7 +106,7 @@ def refine_tiled(
             mask[i, : len(classes)] = True
         img_t = torch.from_numpy(img).to(device).float().div_(255.0)
         sub_t = torch.from_numpy(sub).to(device)
-        logits = model(img_t, sub_t, backend=backend)
+        logits = model(img_t, sub_t)
         logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
         refined = torch.softmax(logits, 1).cpu().numpy()
         for i, (y, x, classes) in enumerate(pending):

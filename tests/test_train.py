@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import cv2
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from spnrefine.checkpoint import load_model, save_model, state_checksum
+from spnrefine.checkpoint import load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.train.data import (
@@ -30,6 +31,15 @@ from spnrefine.train.loop import (
 )
 
 TINY = ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=8, tile=32)
+
+
+def state_checksum(model: torch.nn.Module) -> str:
+    """A checksum of the parameters themselves, independent of the file they came from."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def make_folder(root, n=6, size=(48, 40), classes=2, seed=0):

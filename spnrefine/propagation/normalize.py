@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-6
-
 
 def normalize_gates(raw: torch.Tensor, mode: str = "three_way") -> torch.Tensor:
     """Scale raw gates (…×3×H×W, neighbour axis third from last) so that Σ|p| ≤ 1 per pixel.
