@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pngs import png_bytes
+from pngs import png_bytes, small_pair
 from typer.testing import CliRunner
 
-from spnrefine.batch import find_pairs, read_pair_lines
 from spnrefine.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_model, sha256_file
 from spnrefine.cli import app
 from spnrefine.model import ModelConfig, SPNRefiner
@@ -54,18 +53,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
-
-
-def small_pair(folder: Path, name: str = "img", h: int = 40, w: int = 56) -> tuple[Path, Path]:
-    """A generated image (a bright square on a dark ground) and its 1/4-size 0/255 mask."""
-    image = np.full((h, w, 3), 30, np.uint8)
-    image[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 220
-    mask = np.zeros((h // 4, w // 4), np.uint8)
-    mask[h // 16 : 3 * h // 16 + 1, w // 16 : 3 * w // 16 + 1] = 255
-    image_path, coarse_path = folder / f"{name}.png", folder / f"{name}_coarse.png"
-    image_path.write_bytes(png_bytes(image))
-    coarse_path.write_bytes(png_bytes(mask))
-    return image_path, coarse_path
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -566,27 +553,3 @@ def test_batch_soft_names_npy_for_several_classes_and_png_for_a_mask(cli, tmp_pa
 
 def test_batch_of_a_missing_folder_is_a_one_line_error(cli, tmp_path: Path):
     assert_one_line_error(cli("batch", tmp_path / "nowhere"), str(tmp_path / "nowhere"))
-
-
-def test_find_pairs_reports_an_image_with_two_coarse_maps(tmp_path: Path):
-    small_pair(tmp_path, "a")
-    (tmp_path / "a_mask.png").write_bytes((tmp_path / "a_coarse.png").read_bytes())
-    (pair,) = find_pairs(tmp_path)
-    assert pair.problem is not None and "a_coarse.png" in pair.problem
-    assert "a_mask.png" in pair.problem
-
-
-def test_find_pairs_reports_images_whose_outputs_would_clash(tmp_path: Path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "coarse").mkdir()
-    for name in ("a.png", "a.jpg"):
-        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
-    Image.new("L", (8, 8)).save(tmp_path / "coarse" / "a.png")
-    first, second = find_pairs(tmp_path)
-    assert first.problem is None and "clash" in second.problem
-
-
-def test_read_pair_lines_names_outputs_after_the_image_unless_given(tmp_path: Path):
-    pairs = read_pair_lines(["x/cat.jpg\tx/cat.png", "d.jpg\td.png\tout/d.png"], tmp_path)
-    assert (pairs[0].out, pairs[0].name_out) == (str(tmp_path / "cat"), True)
-    assert (pairs[1].out, pairs[1].name_out) == ("out/d.png", False)

@@ -74,8 +74,14 @@ def write_mat(variables: dict, compress: bool = True) -> bytes:
 def test_read_mat_reads_numeric_cell_struct_and_char():
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for compress in (True, False):
-        data = write_mat({"groundtruth": labels, "names": ["null", "bag"],
-                          "gt": [{"Segmentation": np.eye(2) + 1}]}, compress)
+        data = write_mat(
+            {
+                "groundtruth": labels,
+                "names": ["null", "bag"],
+                "gt": [{"Segmentation": np.eye(2) + 1}],
+            },
+            compress,
+        )
         out = prep.read_mat(data)
         assert np.array_equal(out["groundtruth"], labels)
         assert [str(n) for n in out["names"].flatten()] == ["null", "bag"]
@@ -100,7 +106,7 @@ def _img(fmt: str = "JPEG", mode: str = "RGB", size=(W, H)) -> bytes:
 def _mask(fmt: str = "PNG", value: int = 255, size=(W, H), mode: str = "L") -> bytes:
     w, h = size
     m = np.zeros((h, w), np.uint8)
-    m[h // 4: h // 2, w // 4: w // 2] = value
+    m[h // 4 : h // 2, w // 4 : w // 2] = value
     buf = io.BytesIO()
     im = Image.fromarray(m, "L")
     if mode == "P":
@@ -127,7 +133,8 @@ def _files() -> dict[str, bytes]:
     nid = "ab" * 32
     return {
         # clothing: 0801 exists upstream too and must never be read
-        "photos/0001.jpg": _img(), "photos/0801.jpg": _img(),
+        "photos/0001.jpg": _img(),
+        "photos/0801.jpg": _img(),
         "annotations/pixel-level/0001.mat": write_mat({"groundtruth": labels}),
         "annotations/pixel-level/0801.mat": write_mat({"groundtruth": labels}),
         "label_list.mat": write_mat({"label_list": ["null", "accessories"]}),
@@ -154,12 +161,16 @@ def _files() -> dict[str, bytes]:
         "DRIVE/training/images/21_training.tif": _img("TIFF"),
         "DRIVE/training/1st_manual/21_manual1.gif": _mask("GIF"),
         "DRIVE/training/mask/21_training_mask .gif": fov_gif.getvalue(),
-        "CHASEDB1/Image_01L.jpg": _img(), "CHASEDB1/Image_01L_1stHO.png": _mask(),
+        "CHASEDB1/Image_01L.jpg": _img(),
+        "CHASEDB1/Image_01L_1stHO.png": _mask(),
         # cracks
-        "image/001.jpg": _img(), "groundTruth/001.mat": write_mat(
-            {"groundTruth": [{"Segmentation": crack, "Boundaries": crack > 1}]}),
+        "image/001.jpg": _img(),
+        "groundTruth/001.mat": write_mat(
+            {"groundTruth": [{"Segmentation": crack, "Boundaries": crack > 1}]}
+        ),
         # people: mask stored at half size
-        "Training_Images/1.jpg": _img(), "Ground_Truth/1.png": _mask(size=(W // 2, H // 2)),
+        "Training_Images/1.jpg": _img(),
+        "Ground_Truth/1.png": _mask(size=(W // 2, H // 2)),
         # rocks
         "VOCdevkit/VOC2007/JPEGImages/000001.jpg": _img("JPEG", "L"),
         "VOCdevkit/VOC2007/SegmentationClass/000001.png": _mask(value=3, mode="P"),
@@ -167,8 +178,10 @@ def _files() -> dict[str, bytes]:
         "VOCdevkit/VOC2007/SegmentationClass/000002.png": _mask(value=2, mode="P"),
         "VOCdevkit/VOC2007/ImageSets/Segmentation/val.txt": b"000002\n",
         # hands
-        "Training_Images/2.png": _img("PNG"), "Ground_Truth/2.png": _mask(),
-        "val_images/1000.png": _img("PNG"), "val_masks/1000.png": _mask(),
+        "Training_Images/2.png": _img("PNG"),
+        "Ground_Truth/2.png": _mask(),
+        "val_images/1000.png": _img("PNG"),
+        "val_masks/1000.png": _mask(),
     }
 
 

@@ -50,7 +50,7 @@ def output_format(out: str | Path, coarse: CoarseMap, *, soft: bool = False) -> 
 
     Labels and masks are PNGs. `soft` writes a foreground probability PNG for one class, and a
     C×H×W .npy for several; a name ending in .npy asks for the array in either case. `-`
-    (stdout) takes whichever fits.
+    (stdout), and a name without an extension, take whichever fits.
     """
     suffix = "" if str(out) == STDIO else Path(out).suffix.lower()
     several = natural_format(coarse, soft=soft) == "npy"
@@ -58,7 +58,7 @@ def output_format(out: str | Path, coarse: CoarseMap, *, soft: bool = False) -> 
         raise SpnrefineError(".npy outputs hold --soft probabilities; name labels .png", out)
     if suffix not in ("", *OUTPUT_SUFFIXES):
         raise SpnrefineError(
-            f"cannot write {suffix or 'a file without an extension'}: labels and masks are "
+            f"cannot write {suffix}: labels and masks are "
             "written as .png, --soft probabilities as .png (one class) or .npy",
             out,
         )

@@ -1,0 +1,156 @@
+"""spnrefine.batch and spnrefine.runner: pairing, the resume rule, the local loop and its
+report, without the CLI in between. Pairs are refined by the bilinear baseline: real files,
+no weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pngs import small_pair
+
+from spnrefine.api import Refiner
+from spnrefine.batch import (
+    collect_pairs,
+    find_pairs,
+    finished_output,
+    read_pair_lines,
+    refine_unless_done,
+    run_batch,
+)
+from spnrefine.errors import SpnrefineError
+from spnrefine.pair import Pair, PairOptions, refine_pair
+from spnrefine.runner import prepare_outputs, run_pairs
+
+
+@pytest.fixture(scope="module")
+def bilinear() -> Refiner:
+    return Refiner.load(method="bilinear", device="cpu")
+
+
+class Untouchable:
+    """A refiner that fails the test if anything is refined."""
+
+    info = None
+
+    def refine_file(self, *args, **kwargs):
+        raise AssertionError("a finished pair was refined again")
+
+
+def test_find_pairs_reports_an_image_with_two_coarse_maps(tmp_path: Path):
+    small_pair(tmp_path, "a")
+    (tmp_path / "a_mask.png").write_bytes((tmp_path / "a_coarse.png").read_bytes())
+    (pair,) = find_pairs(tmp_path)
+    assert pair.problem is not None and "a_coarse.png" in pair.problem
+    assert "a_mask.png" in pair.problem
+
+
+def test_find_pairs_reports_images_whose_outputs_would_clash(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "coarse").mkdir()
+    for name in ("a.png", "a.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    Image.new("L", (8, 8)).save(tmp_path / "coarse" / "a.png")
+    first, second = find_pairs(tmp_path)
+    assert first.problem is None and "clash" in second.problem
+
+
+def test_read_pair_lines_names_outputs_after_the_image_unless_given(tmp_path: Path):
+    pairs = read_pair_lines(["x/cat.jpg\tx/cat.png", "d.jpg\td.png\tout/d.png"], tmp_path)
+    assert (pairs[0].out, pairs[0].name_out) == (str(tmp_path / "cat"), True)
+    assert (pairs[1].out, pairs[1].name_out) == ("out/d.png", False)
+
+
+def test_collect_pairs_takes_a_folder_or_a_list_never_both(tmp_path: Path):
+    small_pair(tmp_path, "a")
+    with pytest.raises(SpnrefineError, match="one of the two"):
+        collect_pairs()
+    with pytest.raises(SpnrefineError, match="one of the two"):
+        collect_pairs(tmp_path, from_="list.tsv")
+    pairs, out_dir = collect_pairs(tmp_path)
+    assert out_dir == tmp_path / "refined" and [p.image for p in pairs] == [str(tmp_path / "a.png")]
+    listing = tmp_path / "list.tsv"
+    listing.write_text(f"{tmp_path / 'a.png'}\t{tmp_path / 'a_coarse.png'}\n\n")
+    pairs, out_dir = collect_pairs(from_=str(listing), out=tmp_path / "o")
+    assert out_dir == tmp_path / "o" and pairs[0].out == str(tmp_path / "o" / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpnrefineError, match="no images found"):
+        collect_pairs(tmp_path / "empty")
+
+
+def test_refine_pair_names_the_output_by_format_and_reports_it(bilinear, tmp_path: Path):
+    image, coarse = small_pair(tmp_path)
+    given = Pair(str(image), str(coarse), str(tmp_path / "given.png"))
+    report = refine_pair(bilinear, given, PairOptions())
+    assert report.status == "ok" and report.out == str(tmp_path / "given.png")
+    named = Pair(str(image), str(coarse), str(tmp_path / "n"), name_out=True)
+    report = refine_pair(bilinear, named, PairOptions())
+    assert report.status == "ok" and report.out == str(tmp_path / "n.png")
+    assert report.details["size"] == [56, 40] and report.details["method"] == "bilinear"
+
+
+def test_a_pair_that_could_not_be_formed_fails_without_being_run(tmp_path: Path):
+    report = refine_pair(
+        Untouchable(), Pair("a.jpg", None, "a", problem="no coarse map"), PairOptions()
+    )
+    assert report.status == "failed" and report.error == "a.jpg: no coarse map"
+
+
+def test_the_resume_rule_skips_a_pair_whose_output_exists(tmp_path: Path):
+    image, coarse = small_pair(tmp_path)
+    pair = Pair(str(image), str(coarse), str(tmp_path / "out"), name_out=True)
+    assert finished_output(pair, PairOptions()) is None
+    (tmp_path / "out.npy").write_bytes(b"x")
+    assert finished_output(pair, PairOptions()) is None  # .npy only counts with --soft
+    assert finished_output(pair, PairOptions(soft=True)) == tmp_path / "out.npy"
+    report = refine_unless_done(Untouchable(), pair, PairOptions(soft=True))
+    assert (report.status, report.out) == ("skipped", str(tmp_path / "out.npy"))
+    assert finished_output(pair, PairOptions(soft=True, overwrite=True)) is None
+
+
+def test_run_batch_reports_every_pair_in_order_past_a_bad_one(bilinear, tmp_path: Path):
+    small_pair(tmp_path, "a")
+    _, bad = small_pair(tmp_path, "b")
+    bad.write_bytes(b"not a png")
+    small_pair(tmp_path, "c")
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", None)
+    reports = list(run_batch(bilinear, pairs, PairOptions()))
+    assert [r.status for r in reports] == ["ok", "failed", "ok"]
+    assert str(bad) in reports[1].error
+    again = list(run_batch(bilinear, pairs, PairOptions()))
+    assert [r.status for r in again] == ["skipped", "failed", "skipped"]
+
+
+def test_run_pairs_counts_and_writes_the_report_also_when_interrupted(bilinear, tmp_path: Path):
+    for name in "abc":
+        small_pair(tmp_path, name)
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", tmp_path / "run.json")
+    counts = run_pairs(bilinear, pairs[:2], PairOptions(), report=tmp_path / "run.json")
+    assert (counts.ok, counts.skipped, counts.failed) == (2, 0, 0)
+    seen = []
+
+    def stop_after_two(report):
+        seen.append(report)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pairs(
+            bilinear, pairs, PairOptions(), report=tmp_path / "run.json", on_report=stop_after_two
+        )
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert written["summary"]["pairs"] == 2 and written["summary"]["skipped"] == 2
+    assert [p["status"] for p in written["pairs"]] == ["skipped", "skipped"]
+
+
+def test_prepare_outputs_refuses_a_report_over_an_input(tmp_path: Path):
+    image, coarse = small_pair(tmp_path)
+    pairs = [Pair(str(image), str(coarse), str(tmp_path / "new" / "img"), name_out=True)]
+    with pytest.raises(SpnrefineError, match="overwrite the input"):
+        prepare_outputs(pairs, tmp_path / "new", coarse)
+    prepare_outputs(pairs, tmp_path / "new", tmp_path / "report.json")
+    assert (tmp_path / "new").is_dir()

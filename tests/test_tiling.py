@@ -1,0 +1,110 @@
+"""spnrefine.tiling: tile placement, the blend window, and refine_tiled's skipping, batching
+and blending, held against a model whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spnrefine.tiling import TileStats, blend_window, refine_tiled, tile_starts
+
+
+class EchoModel(torch.nn.Module):
+    """Returns the log of the probabilities it is given, so a softmax gives them back: tiling
+    must then reproduce its input. Records each call's batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+        self.batches.append(image.shape[0])
+        return torch.log(probs.clamp_min(1e-12))
+
+
+class NeverCalled(torch.nn.Module):
+    def forward(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a confident tile went through the model")
+
+
+def image(h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def soft_map(h: int, w: int, classes: int = 2, seed: int = 1) -> np.ndarray:
+    """Probabilities well inside (0, 1), so every class is present in every tile."""
+    p = np.random.default_rng(seed).uniform(0.2, 1.0, (classes, h, w)).astype(np.float32)
+    return p / p.sum(0, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(300, 128, 16), (128, 128, 16), (50, 128, 0), (257, 64, 8)]
+)
+def test_tile_starts_cover_the_length_with_the_overlap(length: int, tile: int, overlap: int):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s : s + tile] = True
+    assert covered.all()
+    if length > tile:
+        assert starts[-1] == length - tile  # the last tile ends at the edge, not past it
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_blend_window_is_symmetric_positive_and_flat_inside():
+    w = blend_window(32, 8)
+    assert w.shape == (32, 32)
+    np.testing.assert_array_equal(w, w.T)
+    np.testing.assert_array_equal(w, w[::-1, ::-1])
+    assert w.min() > 0 and w[8:24, 8:24].min() == 1.0
+    assert (blend_window(32, 0) == 1).all()
+
+
+@pytest.mark.parametrize(("h", "w"), [(150, 200), (40, 56), (128, 128)])
+def test_refine_tiled_gives_back_what_an_echo_model_returns(h: int, w: int):
+    probs = soft_map(h, w, classes=3)
+    stats = TileStats()
+    out = refine_tiled(EchoModel(), image(h, w), probs.copy(), tile=64, overlap=16, stats=stats)
+    assert out.shape == probs.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, probs, atol=1e-5)
+    assert (
+        stats.refined
+        == stats.total
+        == len(tile_starts(max(h, 64), 64, 16)) * len(tile_starts(max(w, 64), 64, 16))
+    )
+
+
+def test_confident_tiles_skip_the_model_and_keep_their_probabilities():
+    probs = np.zeros((2, 100, 130), np.float32)
+    probs[0] = 1.0
+    stats = TileStats()
+    out = refine_tiled(NeverCalled(), image(100, 130), probs, tile=64, overlap=16, stats=stats)
+    np.testing.assert_array_equal(out, probs)
+    assert stats.total > 0 and stats.refined == 0
+
+
+def test_only_unsure_tiles_are_refined():
+    probs = np.zeros((2, 64, 192), np.float32)
+    probs[0] = 1.0
+    probs[:, :, 150:] = 0.5  # unsure only in the right-hand tile
+    stats = TileStats()
+    model = EchoModel()
+    out = refine_tiled(model, image(64, 192), probs, tile=64, overlap=0, stats=stats)
+    assert (stats.total, stats.refined) == (3, 1)
+    np.testing.assert_allclose(out, probs, atol=1e-6)
+
+
+def test_tiles_go_through_the_model_in_batches_of_at_most_batch_size():
+    model = EchoModel()
+    refine_tiled(model, image(200, 200), soft_map(200, 200), tile=32, overlap=0, batch_size=5)
+    assert max(model.batches) == 5
+    assert sum(model.batches) == 7 * 7
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(60, 8), (8, 0), (64, 64), (64, -1)])
+def test_bad_tile_settings_are_refused(tile: int, overlap: int):
+    with pytest.raises(ValueError):
+        refine_tiled(EchoModel(), image(64, 64), soft_map(64, 64), tile=tile, overlap=overlap)
