@@ -14,6 +14,7 @@ from spnrefine.cli.common import (
     QuietOption,
     RefineSettings,
     app,
+    examples,
     fail,
     refine_settings,
     stderr_console,
@@ -22,12 +23,21 @@ from spnrefine.cli.common import (
 from spnrefine.errors import SpnrefineError
 
 
-@app.command()
+@app.command(
+    short_help="Refine a folder of images, or a list of pairs; resumes.",
+    epilog=examples(
+        "spnrefine batch photos/ -o refined/ --report run.json",
+        "spnrefine batch photos/ --coarse-dir masks/ --soft",
+        "printf 'a.jpg\\ta.png\\n' | spnrefine batch --from - -o out/ --json",
+        "spnrefine batch photos/ --engine ray --num-workers 8",
+    ),
+)
 @refine_settings
 def batch(
     folder: Annotated[
         Path | None,
         typer.Argument(
+            metavar="FOLDER",
             help="Folder with images/ and coarse/, or with NAME.jpg and NAME_coarse.png "
             "(or _seg, _mask) side by side.",
             show_default=False,
@@ -46,7 +56,7 @@ def batch(
         str | None,
         typer.Option(
             "--from",
-            help="Read image<TAB>coarse\\[<TAB>out] lines from this file; - reads stdin.",
+            help="Read image<TAB>coarse[<TAB>out] lines from this file; - reads stdin.",
             show_default=False,
         ),
     ] = None,
@@ -61,7 +71,7 @@ def batch(
         Literal["local", "ray"],
         typer.Option(
             help="local: this process. ray: Ray Data workers, on this machine or a cluster "
-            "(pip install 'spnrefine\\[ray]'; docs/ray.md)."
+            "(pip install 'spnrefine[ray]'; docs/ray.md)."
         ),
     ] = "local",
     address: Annotated[

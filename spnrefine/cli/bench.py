@@ -15,6 +15,7 @@ from spnrefine.cli.common import (
     QuietOption,
     WeightsOption,
     app,
+    examples,
     fail,
     stderr_console,
     stdout_console,
@@ -22,7 +23,10 @@ from spnrefine.cli.common import (
 from spnrefine.errors import SpnrefineError
 
 
-@app.command()
+@app.command(
+    short_help="Time the kernels and whole refinement against the baselines.",
+    epilog=examples("spnrefine bench --quick", "spnrefine bench --sizes 1920x1080 --json"),
+)
 def bench(
     sizes: Annotated[
         str | None,
@@ -33,11 +37,19 @@ def bench(
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed runs per case; the median counts.")] = 3,
     quick: Annotated[
-        bool, typer.Option(help="Two small sizes and one run each: a check that all runs.")
+        bool,
+        typer.Option(
+            "--quick",
+            help="Two small sizes and one run each: a check that all runs.",
+            show_default=False,
+        ),
     ] = False,
     weights: WeightsOption = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
+        bool,
+        typer.Option(
+            "--json", help="Print the results as one JSON object on stdout.", show_default=False
+        ),
     ] = False,
     quiet: QuietOption = False,
 ) -> None:

@@ -22,13 +22,52 @@ if TYPE_CHECKING:
     from spnrefine.api import Refiner
     from spnrefine.pair import PairOptions, PairReport
 
+# Plain Click help, as Unix tools print it: paragraphs wrapped to the terminal (up to 100
+# columns), flags without a type, examples kept line by line (the \b paragraphs).
 app = typer.Typer(
     name="spnrefine",
     help="Refine coarse segmentation masks with Spatial Propagation Networks.",
+    epilog=(
+        "Examples:\n\n\b\n"
+        "  spnrefine refine photo.jpg coarse.png -o mask.png\n"
+        "  spnrefine batch photos/ -o refined/\n"
+        "  spnrefine COMMAND --help"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+def examples(*lines: str) -> str:
+    """A command's --help epilog: its example command lines, kept as they are."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from spnrefine import __version__
+
+        typer.echo(f"spnrefine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+            show_default=False,
+        ),
+    ] = False,
+) -> None:
+    """Refine coarse segmentation masks with Spatial Propagation Networks."""
 
 
 def stderr_console(quiet: bool = False) -> Console:
@@ -80,7 +119,7 @@ WeightsOption = Annotated[
     typer.Option(
         "--weights",
         "-w",
-        help="A folder or .safetensors file, hf-hub:owner/name\\[@revision], or 'default' "
+        help="A folder or .safetensors file, hf-hub:owner/name[@revision], or 'default' "
         "(the bundled weights). Default: $SPNREFINE_WEIGHTS, else the bundled weights.",
         show_default=False,
     ),
@@ -94,7 +133,7 @@ MethodOption = Annotated[
     typer.Option(
         help="spn: the model. Baselines, for comparison (no weights loaded): bilinear "
         "(the upsampled coarse map), guided (guided filter, the image as guide), crf (dense "
-        "CRF; needs pip install 'spnrefine\\[crf]')."
+        "CRF; needs pip install 'spnrefine[crf]')."
     ),
 ]
 TileOption = Annotated[int, typer.Option(help="Tile size in pixels (a multiple of 8).")]
@@ -117,26 +156,43 @@ CoarseTypeOption = Annotated[
     ),
 ]
 LogitsOption = Annotated[
-    bool, typer.Option(help="A .npy/.npz coarse map holds logits (sigmoid / softmax applied).")
+    bool,
+    typer.Option(
+        "--logits",
+        help="A .npy/.npz coarse map holds logits (sigmoid / softmax applied).",
+        show_default=False,
+    ),
 ]
 StretchOption = Annotated[
     bool,
-    typer.Option(help="The coarse map covers the image at another aspect ratio: stretch it."),
+    typer.Option(
+        "--stretch",
+        help="The coarse map covers the image at another aspect ratio: stretch it.",
+        show_default=False,
+    ),
 ]
 SoftOption = Annotated[
     bool,
     typer.Option(
-        help="Write probabilities: a PNG of the foreground for one class, a C×H×W .npy for several."
+        "--soft",
+        show_default=False,
+        help="Write probabilities: a PNG of the foreground for one class, a C×H×W .npy for "
+        "several.",
     ),
 ]
 BitsOption = Annotated[Literal[8, 16], typer.Option(help="Bit depth of a --soft PNG.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.")]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing outputs.", show_default=False)
+]
 MaxPixelsOption = Annotated[
     int, typer.Option(help="Refuse larger inputs (decompression-bomb guard).")
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or log lines.", show_default=False)
+]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
+    bool,
+    typer.Option("--json", help="Print one JSON object per result on stdout.", show_default=False),
 ]
 
 

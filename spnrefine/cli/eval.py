@@ -17,6 +17,7 @@ from spnrefine.cli.common import (
     QuietOption,
     StretchOption,
     app,
+    examples,
     fail,
     stderr_console,
     stdout_console,
@@ -25,12 +26,26 @@ from spnrefine.errors import SpnrefineError
 from spnrefine.metrics import DEFAULT_TOLERANCE_PX
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    short_help="Score refined masks against ground truth.",
+    epilog=examples(
+        "spnrefine eval refined/ gt/",
+        "spnrefine eval refined/ gt/ --coarse coarse/ --csv scores.csv",
+        "spnrefine eval mask.png gt.png --json",
+    ),
+)
 def eval_(
     pred: Annotated[
-        Path, typer.Argument(help="Predictions: a folder of masks or label maps, or one file.")
+        Path,
+        typer.Argument(
+            metavar="PRED", help="Predictions: a folder of masks or label maps, or one file."
+        ),
     ],
-    gt: Annotated[Path, typer.Argument(help="Ground truth: a folder (paired by name) or a file.")],
+    gt: Annotated[
+        Path,
+        typer.Argument(metavar="GT", help="Ground truth: a folder (paired by name) or a file."),
+    ],
     coarse: Annotated[
         Path | None,
         typer.Option(
@@ -47,7 +62,10 @@ def eval_(
         ),
     ] = None,
     binary: Annotated[
-        bool, typer.Option(help="Score foreground (nonzero) against background.")
+        bool,
+        typer.Option(
+            "--binary", help="Score foreground (nonzero) against background.", show_default=False
+        ),
     ] = False,
     classes: Annotated[
         int | None,
@@ -70,7 +88,10 @@ def eval_(
         ),
     ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
+        bool,
+        typer.Option(
+            "--json", help="Print the summary as one JSON object on stdout.", show_default=False
+        ),
     ] = False,
     quiet: QuietOption = False,
 ) -> None:

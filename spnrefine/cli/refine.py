@@ -13,6 +13,7 @@ from spnrefine.cli.common import (
     QuietOption,
     RefineSettings,
     app,
+    examples,
     fail,
     refine_settings,
     stderr_console,
@@ -21,12 +22,24 @@ from spnrefine.cli.common import (
 from spnrefine.errors import SpnrefineError
 
 
-@app.command()
+@app.command(
+    short_help="Refine one coarse map against its image.",
+    epilog=examples(
+        "spnrefine refine photo.jpg coarse.png -o mask.png --overlay look.jpg",
+        "spnrefine refine photo.jpg probs.npy --soft -o probs.npy",
+        "segment photo.jpg | spnrefine refine photo.jpg - -o - > mask.png",
+    ),
+)
 @refine_settings
 def refine(
-    image: Annotated[str, typer.Argument(help="The image: JPEG, PNG, WebP or TIFF.")],
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="The image: JPEG, PNG, WebP or TIFF.")
+    ],
     coarse: Annotated[
-        str, typer.Argument(help="The coarse map: PNG, TIFF, .npy or .npz; - reads stdin.")
+        str,
+        typer.Argument(
+            metavar="COARSE", help="The coarse map: PNG, TIFF, .npy or .npz; - reads stdin."
+        ),
     ],
     out: Annotated[
         str | None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spnrefine.cli.common import app, fail, stderr_console
+from spnrefine.cli.common import app, examples, fail, stderr_console
 from spnrefine.errors import SpnrefineError
 
 
@@ -21,7 +21,14 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-@app.command()
+@app.command(
+    short_help="Train a refiner on your own data, or fine-tune one.",
+    epilog=examples(
+        "spnrefine train data/cracks -o runs/cracks --init default --steps 2000",
+        "spnrefine train data/a data/b -o runs/ab --until 1000",
+        "spnrefine train data/a data/b -o runs/ab --resume",
+    ),
+)
 def train(
     data: Annotated[
         list[Path], typer.Argument(help="Data folders, each with images/ and masks/ (+ coarse/).")
@@ -51,7 +58,9 @@ def train(
             help="Fine-tune: start from these weights (folder, .safetensors, hf-hub:owner/name)."
         ),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out.", show_default=False)
+    ] = False,
     until: Annotated[
         int | None, typer.Option(help="Stop after this step; --resume goes on later.")
     ] = None,

@@ -6,11 +6,18 @@ import json
 
 import typer
 
-from spnrefine.cli.common import JsonOption, WeightsOption, app, fail
+from spnrefine.cli.common import JsonOption, WeightsOption, app, examples, fail
 from spnrefine.errors import SpnrefineError
 
 
-@app.command()
+@app.command(
+    short_help="Show which weights load.",
+    epilog=examples(
+        "spnrefine weights",
+        "spnrefine weights -w hf-hub:owner/name@v1 --json",
+        "SPNREFINE_WEIGHTS=runs/mine/best spnrefine weights",
+    ),
+)
 def weights(
     weights: WeightsOption = None,
     json_out: JsonOption = False,
