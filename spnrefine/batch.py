@@ -136,7 +136,11 @@ def read_pair_lines(lines: Iterable[str], out_dir: str | Path) -> list[Pair]:
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) not in (2, 3) or not all(fields):
+        if "\0" in line:
+            # No path holds a NUL byte; shown escaped, so the message stays one printable line.
+            shown = line.replace("\0", "\\0")
+            pairs.append(Pair(shown, None, "", problem=f"line {number}: a NUL byte in a path"))
+        elif len(fields) not in (2, 3) or not all(fields):
             pairs.append(
                 Pair(line, None, "", problem=f"line {number}: expected image<TAB>coarse[<TAB>out]")
             )

@@ -35,7 +35,7 @@ class Counts:
 def prepare_outputs(pairs: list[Pair], out_dir: Path, report: str | Path | None) -> None:
     """Before the refiner loads: the report can be written (never over an input), and the
     output folder exists where pairs are named into it."""
-    inputs = [p for pair in pairs for p in (pair.image, pair.coarse) if p]
+    inputs = [p for pair in pairs if not pair.problem for p in (pair.image, pair.coarse) if p]
     if report is not None:
         check_output(report, inputs, overwrite=True)
     if any(pair.name_out for pair in pairs):

@@ -154,3 +154,21 @@ def test_prepare_outputs_refuses_a_report_over_an_input(tmp_path: Path):
         prepare_outputs(pairs, tmp_path / "new", coarse)
     prepare_outputs(pairs, tmp_path / "new", tmp_path / "report.json")
     assert (tmp_path / "new").is_dir()
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_a_nul_byte_in_a_list_line_is_one_clear_error_for_that_line(
+    bilinear, tmp_path: Path, report: bool
+):
+    image, coarse = small_pair(tmp_path)
+    listing = tmp_path / "list.tsv"
+    listing.write_bytes(f"{image}\t{coarse}\n{image}\0x\t{coarse}\n".encode())
+    pairs, out_dir = collect_pairs(from_=str(listing), out=tmp_path / "out")
+    report_path = tmp_path / "run.json" if report else None
+    prepare_outputs(pairs, out_dir, report_path)
+    seen = []
+    counts = run_pairs(bilinear, pairs, PairOptions(), report=report_path, on_report=seen.append)
+    assert (counts.ok, counts.failed) == (1, 1)
+    (failed,) = [r for r in seen if r.status == "failed"]
+    assert failed.error == f"{image}\\0x\t{coarse}: line 2: a NUL byte in a path"
+    assert "internal error" not in failed.error and "\0" not in failed.error

@@ -553,3 +553,17 @@ def test_batch_soft_names_npy_for_several_classes_and_png_for_a_mask(cli, tmp_pa
 
 def test_batch_of_a_missing_folder_is_a_one_line_error(cli, tmp_path: Path):
     assert_one_line_error(cli("batch", tmp_path / "nowhere"), str(tmp_path / "nowhere"))
+
+
+def test_batch_from_a_list_with_a_nul_byte_reports_that_line(cli, tmp_path: Path):
+    image, coarse = small_pair(tmp_path)
+    listing = tmp_path / "list.tsv"
+    listing.write_bytes(f"{image}\t{coarse}\n{image}\0\t{coarse}\n".encode())
+    result = cli(
+        "batch", "--from", listing, "-o", tmp_path / "out", "--report", tmp_path / "r.json"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.count("error:") == 1 and "line 2: a NUL byte in a path" in result.stderr
+    assert "internal error" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [p["status"] for p in report["pairs"]] == ["ok", "failed"]
