@@ -5,6 +5,11 @@ no weights."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +177,54 @@ def test_a_nul_byte_in_a_list_line_is_one_clear_error_for_that_line(
     (failed,) = [r for r in seen if r.status == "failed"]
     assert failed.error == f"{image}\\0x\t{coarse}: line 2: a NUL byte in a path"
     assert "internal error" not in failed.error and "\0" not in failed.error
+
+
+def test_stale_temporaries_of_this_batch_are_removed_on_start(tmp_path: Path):
+    small_pair(tmp_path, "a")
+    pairs = find_pairs(tmp_path)
+    out = tmp_path / "refined"
+    out.mkdir()
+    stale = [
+        out / ".a.png.0123abcd.tmp",
+        out / ".a.npy.89abcdef.tmp",
+        tmp_path / ".r.json.00ff00ff.tmp",
+    ]
+    fresh = out / ".a.png.fedcba98.tmp"  # a write in progress elsewhere
+    others = [out / ".b.png.0123abcd.tmp", out / ".a.png.tmp", out / "a.png.0123abcd.tmp"]
+    for path in [*stale, fresh, *others]:
+        path.write_bytes(b"half")
+    for path in [*stale, *others]:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert prepare_outputs(pairs, out, tmp_path / "r.json") == 3
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and all(p.exists() for p in others)
+
+
+def test_sigterm_ends_a_batch_as_ctrl_c_does_with_its_report(tmp_path: Path):
+    for name in "abc":
+        small_pair(tmp_path, name)
+    script = f"""
+import os, signal
+from spnrefine.api import Refiner
+from spnrefine.batch import find_pairs
+from spnrefine.pair import PairOptions
+from spnrefine.runner import run_pairs
+
+pairs = find_pairs({str(tmp_path)!r})
+os.mkdir({str(tmp_path / "refined")!r})
+try:
+    run_pairs(
+        Refiner.load(method="bilinear"),
+        pairs,
+        PairOptions(),
+        report={str(tmp_path / "r.json")!r},
+        on_report=lambda report: os.kill(os.getpid(), signal.SIGTERM),
+    )
+except KeyboardInterrupt:
+    raise SystemExit(130)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [p["status"] for p in report["pairs"]] == ["ok"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process's handler untouched

@@ -113,7 +113,9 @@ def batch(
             gpus_per_worker=gpus_per_worker,
         )
         pairs, out_dir = collect_pairs(folder, from_=from_, coarse_dir=coarse_dir, out=out)
-        prepare_outputs(pairs, out_dir, report)
+        stale = prepare_outputs(pairs, out_dir, report)
+        if stale:
+            console.print(f"removed {stale} temporary file(s) left by an interrupted run")
         refiner = settings.load_refiner()
         counts = run_pairs(
             refiner,

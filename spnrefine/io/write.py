@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,8 @@ from PIL import Image
 from spnrefine.errors import SpnrefineError
 
 OVERLAY_ALPHA = 0.45
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(_TMP_SUFFIX))
 # Foreground of a 0/255 mask: the common binary case gets a colour that stands out on photos.
 _MASK_COLOUR = (255, 40, 160)
 
@@ -54,7 +58,7 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
     target = Path(path)
     _check_target(target, overwrite)
     folder = target.parent
-    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    tmp = folder / f".{target.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
     try:
         # os.open with 0o666 lets the umask set the permissions, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -73,6 +77,33 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
             raise SpnrefineError(f"cannot write the file: {e.strerror or e}", target) from None
         raise
     _fsync_folder(folder)
+
+
+def remove_stale_temporaries(targets: Iterable[str | Path], min_age: float = 60.0) -> int:
+    """Remove the temporary files that `write_atomic` left beside `targets` when it was killed
+    mid-write (SIGKILL, power loss): `.NAME.<8 hex>.tmp`, untouched for `min_age` seconds so that
+    a write in progress elsewhere is left alone. Returns how many were removed."""
+    by_folder: dict[Path, set[str]] = {}
+    for target in targets:
+        target = Path(target)
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    removed, now = 0, time.time()
+    for folder, names in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TMP_NAME.fullmatch(entry.name)
+            if match is None or match.group(1) not in names:
+                continue
+            try:
+                if entry.is_file() and now - entry.stat().st_mtime >= min_age:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+    return removed
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
