@@ -1,13 +1,14 @@
-"""Many images at once: pairing images with coarse maps, the resume rule, the local loop with its
-progress bar, and the report. Each pair is refined by spnrefine.pair, which any runner (this
-loop, or Ray workers) calls."""
+"""Many images at once: pairing images with coarse maps (no output twice, none over an input),
+the local loop with its progress bar and the resume rule (spnrefine.resume), and the report.
+Each pair is refined by spnrefine.pair, which any runner (this loop, or Ray workers) calls."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,8 @@ from spnrefine.errors import SpnrefineError
 from spnrefine.io import write_atomic
 from spnrefine.io.images import read_source
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
-from spnrefine.pair import Pair, PairOptions, PairReport, refine_pair
+from spnrefine.pair import Pair, PairOptions, PairReport, is_uri, refine_pair
+from spnrefine.resume import Resume
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -36,10 +38,9 @@ __all__ = [
     "PairReport",
     "collect_pairs",
     "find_pairs",
-    "finished_output",
+    "mark_conflicts",
     "read_pair_lines",
     "refine_pair",
-    "refine_unless_done",
     "run_batch",
     "with_progress",
     "write_report",
@@ -96,7 +97,7 @@ def find_pairs(
         named.add(image.stem)
         coarse = str(found[0]) if len(found) == 1 else None
         pairs.append(Pair(str(image), coarse, out, name_out=True, problem=problem))
-    return pairs
+    return mark_conflicts(pairs)
 
 
 def collect_pairs(
@@ -149,25 +150,38 @@ def read_pair_lines(lines: Iterable[str], out_dir: str | Path) -> list[Pair]:
         else:
             out = str(Path(out_dir) / Path(fields[0]).stem)
             pairs.append(Pair(fields[0], fields[1], out, name_out=True))
-    return pairs
+    return mark_conflicts(pairs)
 
 
-def finished_output(pair: Pair, options: PairOptions) -> Path | None:
-    """The resume rule: a pair is done when its output exists (writes are atomic, so an
-    existing output is a whole one), unless `overwrite` asks for it again."""
-    if options.overwrite or pair.problem:
-        return None
-    return next((p for p in pair.candidates(options.soft) if p.exists()), None)
+def mark_conflicts(pairs: list[Pair]) -> list[Pair]:
+    """Pairs whose output would be another pair's output, or an input of the batch, get a
+    problem (the first pair to name an output keeps it): no output replaces an input, and no
+    two pairs write one file."""
+    inputs = {_key(path): path for pair in pairs for path in (pair.image, pair.coarse) if path}
+    claimed: dict[str, Pair] = {}
+    checked = []
+    for pair in pairs:
+        if pair.problem:
+            checked.append(pair)
+            continue
+        outputs = pair.candidates(soft=True)
+        problem = next(
+            (f"its output {o} is an input of this batch" for o in outputs if _key(o) in inputs),
+            None,
+        )
+        other = next((claimed[_key(o)] for o in outputs if _key(o) in claimed), None)
+        if problem is None and other is not None:
+            problem = f"its output is also that of {other.image}; give each pair its own"
+        if problem is None:
+            claimed.update({_key(o): pair for o in outputs})
+        checked.append(replace(pair, problem=problem) if problem else pair)
+    return checked
 
 
-def refine_unless_done(refiner: Refiner, pair: Pair, options: PairOptions) -> PairReport:
-    """`refine_pair`, or a "skipped" report for a pair the resume rule finds done."""
-    started = time.perf_counter()
-    done = finished_output(pair, options)
-    if done is not None:
-        seconds = round(time.perf_counter() - started, 4)
-        return PairReport(pair.image, pair.coarse, str(done), "skipped", seconds)
-    return refine_pair(refiner, pair, options)
+def _key(path: str | Path) -> str:
+    """A local path as one spelling (absolute, links resolved), a URI as it is."""
+    text = str(path)
+    return text if is_uri(text) else os.path.realpath(text)
 
 
 def run_batch(
@@ -177,10 +191,21 @@ def run_batch(
     *,
     console: Console | None = None,
 ) -> Iterator[PairReport]:
-    """Refine the pairs in order, yielding each report as it is made; a progress bar with ETA
-    goes to `console` (stderr) unless it is None or quiet."""
-    reports = (refine_unless_done(refiner, pair, options) for pair in pairs)
-    yield from with_progress(reports, len(pairs), console)
+    """Refine the pairs in order, yielding each report as it is made; a pair the resume rule
+    (spnrefine.resume) finds done is reported as skipped. A progress bar with ETA goes to
+    `console` (stderr) unless it is None or quiet."""
+    resume = Resume(refiner, options)
+
+    def reports() -> Iterator[PairReport]:
+        for pair, done in resume.plan(pairs):
+            if done is not None:
+                yield PairReport(pair.image, pair.coarse, str(done), "skipped", 0.0)
+                continue
+            report = refine_pair(refiner, pair, options)
+            resume.record(pair, report)
+            yield report
+
+    yield from with_progress(reports(), len(pairs), console)
 
 
 def with_progress(

@@ -20,17 +20,24 @@ if TYPE_CHECKING:
 Status = Literal["ok", "skipped", "failed"]
 
 
+def is_uri(path: str | None) -> bool:
+    """A path that names a file through a filesystem URI (s3://, gs://, file://, ...)."""
+    return path is not None and "://" in path
+
+
 @dataclass(frozen=True)
 class Pair:
     """One job. `out` is a full path, or (with `name_out`) a path to which the format's
     extension is appended once the coarse map is decoded. `problem` marks a pair that could not
-    be formed (no coarse map, a clash); it is reported as failed without being run."""
+    be formed (no coarse map, a clash); it is reported as failed without being run. `redo`
+    lets it replace its output, which the resume rule found to be an outdated one of ours."""
 
     image: str
     coarse: str | None
     out: str
     name_out: bool = False
     problem: str | None = None
+    redo: bool = False  # its output exists from an earlier run, of other inputs or settings
 
     def candidates(self, soft: bool) -> list[Path]:
         """The paths the pair's output may be written to."""
@@ -89,7 +96,7 @@ def refine_pair(
             pair.out,
             auto_suffix=pair.name_out,
             overlay=overlay,
-            **asdict(options),
+            **{**asdict(options), "overwrite": options.overwrite or pair.redo},
         )
     except SpnrefineError as err:
         return report("failed", None, str(err))

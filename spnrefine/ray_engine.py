@@ -4,6 +4,7 @@ spnrefine.pair's; this module only moves pairs to workers and reports back."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,8 +22,9 @@ from rich.console import Console
 
 from spnrefine.batch import with_progress
 from spnrefine.errors import SpnrefineError
-from spnrefine.pair import Pair, PairOptions, PairReport
-from spnrefine.remote import is_uri, refine_uri_pair
+from spnrefine.pair import Pair, PairOptions, PairReport, is_uri
+from spnrefine.remote import refine_uri_pair
+from spnrefine.resume import Resume
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -298,12 +300,24 @@ def _stream(
     import ray.data
 
     try:
+        # The resume rule runs here, in the one process that writes the manifests.
+        resume = Resume(refiner, options)
+        planned = resume.plan(pairs)
+        todo = {i: pair for i, (pair, done) in enumerate(planned) if done is None}
+        skipped = [
+            PairReport(pair.image, pair.coarse, str(done), "skipped", 0.0)
+            for pair, done in planned
+            if done is not None
+        ]
+        if not todo:
+            yield from with_progress(iter(skipped), len(pairs), console)
+            return
         gpus = ray_options.gpus_per_worker
-        per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(pairs) / (4 * workers))))
-        tasks = math.ceil(len(pairs) / per_task)
+        per_task = max(1, min(PAIRS_PER_TASK, math.ceil(len(todo) / (4 * workers))))
+        tasks = math.ceil(len(todo) / per_task)
         # More workers than tasks would start (import torch, receive the model) for nothing.
         workers = min(workers, tasks)
-        rows = [{"index": i, **asdict(_absolute(pair))} for i, pair in enumerate(pairs)]
+        rows = [{"index": i, **asdict(_absolute(pair))} for i, pair in todo.items()]
         dataset = ray.data.from_items(rows, override_num_blocks=tasks)
         # Ray restarts a dead worker and reruns its task; a task that fails all the same
         # drops its block rather than the job, and its pairs are reported as failed below.
@@ -326,8 +340,9 @@ def _stream(
             num_cpus=ray_options.cpus_per_worker,
             num_gpus=gpus,
         )
+        reports = itertools.chain(skipped, _reports(refined, todo, resume))
         with _without_native_lines(ACTOR_ARGUMENTS_NOTE):
-            yield from with_progress(_reports(refined, pairs), len(pairs), console)
+            yield from with_progress(reports, len(pairs), console)
     finally:
         if started_here:
             ray.shutdown()
@@ -344,13 +359,17 @@ def _default_workers(ray_options: RayOptions) -> int:
     return max(1, int(resources.get("CPU", 1) / ray_options.cpus_per_worker))
 
 
-def _reports(refined, pairs: list[Pair]) -> Iterator[PairReport]:
-    """The workers' reports as they arrive, then a failed one for each pair that got none."""
+def _reports(refined, todo: dict[int, Pair], resume: Resume) -> Iterator[PairReport]:
+    """The workers' reports as they arrive (each recorded in its output folder's manifest),
+    then a failed one for each pair that got none."""
     reported = set()
     for row in refined.iter_rows():
         reported.add(row["index"])
-        yield _as_given(PairReport(**json.loads(row["report"])), pairs[row["index"]])
-    for index, pair in enumerate(pairs):
+        pair = todo[row["index"]]
+        report = _as_given(PairReport(**json.loads(row["report"])), pair)
+        resume.record(pair, report)
+        yield report
+    for index, pair in todo.items():
         if index not in reported:
             error = f"{pair.image}: its Ray task failed; a rerun tries it again"
             yield PairReport(pair.image, pair.coarse, None, "failed", 0.0, error)

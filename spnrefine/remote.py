@@ -13,28 +13,23 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from spnrefine.batch import finished_output, refine_unless_done
 from spnrefine.errors import SpnrefineError
-from spnrefine.pair import Pair, PairOptions, PairReport, refine_pair
+from spnrefine.pair import Pair, PairOptions, PairReport, is_uri, refine_pair
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
 
 
-def is_uri(path: str | None) -> bool:
-    return path is not None and "://" in path
-
-
 def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairReport:
-    """`refine_pair` for a pair with URIs; a pair of local paths goes straight to
-    `refine_unless_done`.
+    """`refine_pair` for a pair with URIs (a pair of local paths goes straight to it).
 
-    The resume rule is the same: a pair whose output exists is skipped (checked before its
-    inputs are fetched). Inputs are copied to a temporary folder; a URI output is refined
-    there, written beside its target under a hidden temporary name and moved over it, so a
-    reader (or a rerun) never sees part of one."""
+    A local output's resume rule is spnrefine.resume's, applied before the pair comes here; a
+    URI output is done when it exists (checked before the inputs are fetched). Inputs are
+    copied to a temporary folder; a URI output is refined there, written beside its target
+    under a hidden temporary name and moved over it, so a reader (or a rerun) never sees part
+    of one."""
     if pair.problem or not any(is_uri(p) for p in (pair.image, pair.coarse, pair.out)):
-        return refine_unless_done(refiner, pair, options)
+        return refine_pair(refiner, pair, options)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spnrefine-") as tmp:
         staged = _staged(pair, Path(tmp))
@@ -42,11 +37,10 @@ def refine_uri_pair(refiner: Refiner, pair: Pair, options: PairOptions) -> PairR
         cut = 0 if pair.name_out else len(_suffix(pair.out))
         stem, base = len(staged.out) - cut, pair.out[: len(pair.out) - cut]
         try:
-            if is_uri(pair.out):
+            done = None
+            if is_uri(pair.out) and not options.overwrite:
                 uris = [base + str(c)[stem:] for c in staged.candidates(options.soft)]
-                done = None if options.overwrite else next(filter(_exists, uris), None)
-            else:
-                done = finished_output(pair, options)
+                done = next(filter(_exists, uris), None)
             if done is not None:  # the resume rule, before any input is fetched
                 seconds = round(time.perf_counter() - started, 4)
                 return PairReport(pair.image, pair.coarse, str(done), "skipped", seconds)

@@ -28,3 +28,8 @@ def small_pair(folder: Path, name: str = "img", h: int = 40, w: int = 56) -> tup
     image_path.write_bytes(png_bytes(image))
     coarse_path.write_bytes(png_bytes(mask))
     return image_path, coarse_path
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in `folder` that `ls` shows (not the batch manifest, a dotfile)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

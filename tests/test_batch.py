@@ -20,9 +20,7 @@ from spnrefine.api import Refiner
 from spnrefine.batch import (
     collect_pairs,
     find_pairs,
-    finished_output,
     read_pair_lines,
-    refine_unless_done,
     run_batch,
 )
 from spnrefine.errors import SpnrefineError
@@ -101,18 +99,6 @@ def test_a_pair_that_could_not_be_formed_fails_without_being_run(tmp_path: Path)
         Untouchable(), Pair("a.jpg", None, "a", problem="no coarse map"), PairOptions()
     )
     assert report.status == "failed" and report.error == "a.jpg: no coarse map"
-
-
-def test_the_resume_rule_skips_a_pair_whose_output_exists(tmp_path: Path):
-    image, coarse = small_pair(tmp_path)
-    pair = Pair(str(image), str(coarse), str(tmp_path / "out"), name_out=True)
-    assert finished_output(pair, PairOptions()) is None
-    (tmp_path / "out.npy").write_bytes(b"x")
-    assert finished_output(pair, PairOptions()) is None  # .npy only counts with --soft
-    assert finished_output(pair, PairOptions(soft=True)) == tmp_path / "out.npy"
-    report = refine_unless_done(Untouchable(), pair, PairOptions(soft=True))
-    assert (report.status, report.out) == ("skipped", str(tmp_path / "out.npy"))
-    assert finished_output(pair, PairOptions(soft=True, overwrite=True)) is None
 
 
 def test_run_batch_reports_every_pair_in_order_past_a_bad_one(bilinear, tmp_path: Path):
@@ -228,3 +214,75 @@ except KeyboardInterrupt:
     report = json.loads((tmp_path / "r.json").read_text())
     assert [p["status"] for p in report["pairs"]] == ["ok"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process's handler untouched
+
+
+def statuses(refiner, pairs, options: PairOptions | None = None):
+    return [(r.status, r.error) for r in run_batch(refiner, pairs, options or PairOptions())]
+
+
+def test_a_rerun_skips_only_outputs_made_from_the_same_inputs_and_settings(
+    bilinear, tmp_path: Path
+):
+    small_pair(tmp_path, "a")
+    _, b_coarse = small_pair(tmp_path, "b")
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", None)
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["ok", "ok"]
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["skipped", "skipped"]
+    # A changed input redoes its pair alone.
+    b_coarse.write_bytes(b_coarse.read_bytes() + b"\0")
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["skipped", "ok"]
+    # Other settings redo every pair, replacing the outputs of the earlier run.
+    guided = Refiner.load(method="guided", device="cpu")
+    before = (tmp_path / "refined" / "a.png").stat().st_mtime_ns
+    assert [s for s, _ in statuses(guided, pairs)] == ["ok", "ok"]
+    assert (tmp_path / "refined" / "a.png").stat().st_mtime_ns != before
+    assert [s for s, _ in statuses(guided, pairs, PairOptions(soft=True))] == ["ok", "ok"]
+    assert [s for s, _ in statuses(guided, pairs, PairOptions(soft=True))] == ["skipped"] * 2
+
+
+def test_an_output_the_batch_did_not_write_is_never_taken_as_done(bilinear, tmp_path: Path):
+    small_pair(tmp_path, "a")
+    pairs = find_pairs(tmp_path)
+    (tmp_path / "refined").mkdir()
+    (tmp_path / "refined" / "a.png").write_bytes(b"someone else's")
+    ((status, error),) = statuses(bilinear, pairs)
+    assert status == "failed" and "already exists" in error
+    assert (tmp_path / "refined" / "a.png").read_bytes() == b"someone else's"
+
+
+def test_a_pair_interrupted_after_it_was_sent_is_redone(bilinear, tmp_path: Path):
+    small_pair(tmp_path, "a")
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", None)
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["ok"]
+    manifest = tmp_path / "refined" / ".spnrefine-manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    # As if killed after the output was replaced but before it was recorded as done.
+    manifest.write_text("\n".join([*lines, lines[0]]) + "\n")
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["ok"]
+    assert [s for s, _ in statuses(bilinear, pairs)] == ["skipped"]
+
+
+def test_a_folder_refined_into_itself_never_takes_an_image_for_an_output(bilinear, tmp_path: Path):
+    image, _ = small_pair(tmp_path, "a")
+    before = image.read_bytes()
+    pairs = find_pairs(tmp_path, out_dir=tmp_path)
+    ((status, error),) = statuses(bilinear, pairs)
+    assert status == "failed" and "is an input of this batch" in error
+    assert image.read_bytes() == before
+
+
+def test_list_lines_may_not_share_an_output_or_write_over_an_input(tmp_path: Path):
+    lines = [
+        "x/cat.jpg\tx/cat.png",
+        "y/cat.jpg\ty/cat_coarse.png",  # named out/cat too
+        "d.jpg\td.png\td.png",  # its output is its own coarse map
+        "e.jpg\te.png\tx/cat.jpg",  # its output is another line's image
+        "f.jpg\tf.png\tout/f.png",
+    ]
+    pairs = read_pair_lines(lines, tmp_path / "out")
+    problems = [p.problem for p in pairs]
+    assert problems[0] is None and problems[4] is None
+    assert "also that of x/cat.jpg" in problems[1]
+    assert "is an input of this batch" in problems[2] and "is an input" in problems[3]

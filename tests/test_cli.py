@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pngs import png_bytes, small_pair
+from pngs import listing, png_bytes, small_pair
 from typer.testing import CliRunner
 
 from spnrefine.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_model, sha256_file
@@ -470,7 +470,7 @@ def test_batch_pairs_side_by_side_files_into_the_refined_folder(cli, tmp_path: P
     small_pair(tmp_path, "b")
     result = cli("batch", tmp_path, "-q")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "refined").iterdir()) == ["a.png", "b.png"]
+    assert listing(tmp_path / "refined") == ["a.png", "b.png"]
 
 
 def test_batch_pairs_images_and_coarse_folders(cli, tmp_path: Path):
@@ -486,14 +486,15 @@ def test_batch_pairs_images_and_coarse_folders(cli, tmp_path: Path):
 def test_batch_resumes_by_skipping_finished_outputs(cli, tmp_path: Path):
     small_pair(tmp_path, "a")
     small_pair(tmp_path, "b")
-    (tmp_path / "refined").mkdir()
-    (tmp_path / "refined" / "a.png").write_bytes(b"done before")
+    assert cli("batch", tmp_path, "-q").exit_code == 0
+    done_before = (tmp_path / "refined" / "a.png").stat().st_mtime_ns
+    (tmp_path / "refined" / "b.png").unlink()
     result = cli("batch", tmp_path, "--json")
     assert result.exit_code == 0, result.stderr
     records = {Path(r["image"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     assert records["a.png"]["status"] == "skipped"
     assert records["b.png"]["status"] == "ok"
-    assert (tmp_path / "refined" / "a.png").read_bytes() == b"done before"
+    assert (tmp_path / "refined" / "a.png").stat().st_mtime_ns == done_before
     assert "1 refined, 1 already done, 0 failed" in result.stderr
 
 
@@ -515,7 +516,7 @@ def test_batch_goes_on_past_a_bad_pair_reports_it_and_exits_nonzero(cli, tmp_pat
     report = tmp_path / "report.json"
     result = cli("batch", tmp_path, "--report", report)
     assert result.exit_code == 1
-    assert sorted(p.name for p in (tmp_path / "refined").iterdir()) == ["a.png", "c.png"]
+    assert listing(tmp_path / "refined") == ["a.png", "c.png"]
     data = json.loads(report.read_text())
     by_image = {Path(p["image"]).name: p for p in data["pairs"]}
     assert by_image["b.png"]["status"] == "failed"
@@ -546,7 +547,7 @@ def test_batch_soft_names_npy_for_several_classes_and_png_for_a_mask(cli, tmp_pa
     (tmp_path / "multi_seg.npy").write_bytes(npy_bytes(probs / probs.sum(0)))
     result = cli("batch", tmp_path, "--soft", "-q")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "refined").iterdir()) == ["mask.png", "multi.npy"]
+    assert listing(tmp_path / "refined") == ["mask.png", "multi.npy"]
     again = cli("batch", tmp_path, "--soft", "--json")
     assert {json.loads(r)["status"] for r in again.stdout.splitlines()} == {"skipped"}
 

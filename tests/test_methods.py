@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from pngs import png_bytes
+from pngs import listing, png_bytes
 from typer.testing import CliRunner
 
 from spnrefine.api import Refiner
@@ -110,7 +110,7 @@ def test_batch_method_names_outputs_as_the_model_would(tmp_path: Path):
     report = tmp_path / "report.json"
     result = run("batch", tmp_path, "--method", "guided", "--report", report, tmp_path=tmp_path)
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "refined").iterdir()) == ["a.png", "b.png"]
+    assert listing(tmp_path / "refined") == ["a.png", "b.png"]
     data = json.loads(report.read_text())
     assert data["weights"] is None
     assert {p["method"] for p in data["pairs"]} == {"guided"}

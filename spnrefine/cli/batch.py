@@ -96,7 +96,12 @@ def batch(
     ] = None,
 ) -> None:
     """Refine every image in a folder (or every pair listed with --from), resuming where a
-    previous run stopped. Exits 1 when any pair failed."""
+    previous run stopped. Exits 1 when any pair failed.
+
+    A pair is skipped when its output exists and was made from the same inputs (size and
+    time) and settings, as the output folder's .spnrefine-manifest.jsonl records; other
+    outputs of ours are redone, and a file the batch did not write is never replaced without
+    --overwrite. No two pairs may share an output, and no output may be an input."""
     from spnrefine.api import check_method
     from spnrefine.batch import collect_pairs
     from spnrefine.ray_engine import engine_options
