@@ -5,13 +5,15 @@ the manifest says it came from the same inputs and settings; an output of ours t
 redone; a file the manifest does not know is never replaced without --overwrite.
 
 The manifest is written by the one process that runs the batch (never by Ray workers), one JSON
-line per event: "writing" before a pair is sent to be refined, "done" once its output is whole.
-A run killed in between leaves "writing", which makes the next run redo that pair."""
+line per event: "writing" (with the time) before a pair is sent to be refined, "done" once its
+output is whole. A run killed in between leaves "writing": the output counts as done when it
+was written after that line (writes are atomic, so it is whole), else the pair is redone."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,10 +57,12 @@ class Resume:
         "writing" before this returns."""
         planned = [self._decide(pair) for pair in pairs]
         writing: dict[Path, list[dict]] = {}
+        now = time.time_ns()
         for pair, done in planned:
             if done is None and self._ours_to_write(pair):
                 for target in pair.candidates(self.options.soft):
-                    entry = {"output": target.name, "state": "writing", **self._entry(pair)}
+                    entry = {"output": target.name, "state": "writing", "time": now}
+                    entry.update(self._entry(pair))
                     writing.setdefault(target.parent, []).append(entry)
         for folder, entries in writing.items():
             self._append(folder, entries, sync=True)
@@ -82,7 +86,7 @@ class Resume:
                 # Not ours: refine_file refuses to replace it, and says so.
                 return pair, None
             inputs = self._entry(pair)["inputs"]
-            if entry["state"] == "done" and inputs is not None and entry.get("inputs") == inputs:
+            if inputs is not None and entry.get("inputs") == inputs and _made_by(entry, output):
                 return pair, output
         return (replace(pair, redo=True) if existing else pair), None
 
@@ -135,6 +139,17 @@ def read_manifest(folder: Path) -> dict[str, dict]:
         except (ValueError, KeyError, TypeError):
             continue
     return entries
+
+
+def _made_by(entry: dict, output: Path) -> bool:
+    """The output is the one the entry describes: recorded done, or written after the entry
+    said it was about to be (by a run that was killed before it could record it)."""
+    if entry["state"] == "done":
+        return True
+    try:
+        return entry["state"] == "writing" and output.stat().st_mtime_ns >= entry["time"]
+    except (OSError, KeyError, TypeError):
+        return False
 
 
 def _fingerprint(pair: Pair) -> dict | None:

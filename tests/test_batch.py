@@ -251,16 +251,21 @@ def test_an_output_the_batch_did_not_write_is_never_taken_as_done(bilinear, tmp_
     assert (tmp_path / "refined" / "a.png").read_bytes() == b"someone else's"
 
 
-def test_a_pair_interrupted_after_it_was_sent_is_redone(bilinear, tmp_path: Path):
+def test_a_pair_killed_mid_way_is_redone_unless_its_output_was_written(bilinear, tmp_path: Path):
     small_pair(tmp_path, "a")
     pairs = find_pairs(tmp_path)
     prepare_outputs(pairs, tmp_path / "refined", None)
     assert [s for s, _ in statuses(bilinear, pairs)] == ["ok"]
     manifest = tmp_path / "refined" / ".spnrefine-manifest.jsonl"
-    lines = manifest.read_text().splitlines()
-    # As if killed after the output was replaced but before it was recorded as done.
-    manifest.write_text("\n".join([*lines, lines[0]]) + "\n")
+    writing, done = (json.loads(line) for line in manifest.read_text().splitlines())
+    assert (writing["state"], done["state"]) == ("writing", "done")
+    written = (tmp_path / "refined" / "a.png").stat().st_mtime_ns
+    # Killed after saying it would write, before the output was replaced: redone.
+    manifest.write_text(json.dumps({**writing, "time": written + 10**9}) + "\n")
     assert [s for s, _ in statuses(bilinear, pairs)] == ["ok"]
+    # Killed after the output was written, before it was recorded as done: kept.
+    written = (tmp_path / "refined" / "a.png").stat().st_mtime_ns
+    manifest.write_text(json.dumps({**writing, "time": written - 10**9}) + "\n")
     assert [s for s, _ in statuses(bilinear, pairs)] == ["skipped"]
 
 
