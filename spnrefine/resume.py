@@ -37,6 +37,7 @@ def run_settings(refiner: Predictor, options: PairOptions) -> dict:
         "tile": refiner.tile,
         "overlap": refiner.overlap,
         "confident": refiner.confident,
+        "guard": refiner.guard,
     }
     settings.update({k: v for k, v in asdict(options).items() if k not in _NOT_IN_OUTPUT})
     return settings

@@ -239,6 +239,8 @@ def test_a_rerun_skips_only_outputs_made_from_the_same_inputs_and_settings(
     assert (tmp_path / "refined" / "a.png").stat().st_mtime_ns != before
     assert [s for s, _ in statuses(guided, pairs, PairOptions(soft=True))] == ["ok", "ok"]
     assert [s for s, _ in statuses(guided, pairs, PairOptions(soft=True))] == ["skipped"] * 2
+    unguarded = Refiner.load(method="guided", device="cpu", guard=False)
+    assert [s for s, _ in statuses(unguarded, pairs, PairOptions(soft=True))] == ["ok", "ok"]
 
 
 def test_an_output_the_batch_did_not_write_is_never_taken_as_done(bilinear, tmp_path: Path):
