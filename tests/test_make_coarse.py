@@ -321,3 +321,34 @@ def test_evaluate_multiclass_uses_class_ids(tmp_path):
     assert mc.evaluate(prepared, "good").iou > 0.85
     flat = mc.evaluate(prepared, "flat")
     assert flat.iou < 0.4 and flat.ideal > 0.6
+
+
+def _real_segmenter(name: str, modules: tuple[str, ...]):
+    """A registered pretrained segmenter, built from the npm packages under MAKE_COARSE_TOOLS
+    (default /work/tools/npm); skips where the packages or their runtimes are absent."""
+    import os
+
+    for module in modules:
+        pytest.importorskip(module, reason=f"{module} is not installed (the scripts' environment)")
+    tools = Path(os.environ.get("MAKE_COARSE_TOOLS", str(mc.TOOLS)))
+    if not (tools / mc.IMGLY_DATA).is_dir() or not (tools / mc.MEDIAPIPE).is_dir():
+        pytest.skip(f"the npm packages are not unpacked under {tools}")
+    return mc.PRETRAINED[name].build(tools)
+
+
+@pytest.mark.parametrize(
+    ("name", "modules", "example"),
+    [
+        ("mediapipe256", ("ai_edge_litert",), "astronaut"),
+        ("isnet-med1024", ("onnxruntime",), "coffee"),
+    ],
+)
+def test_real_segmenter_reproduces_the_example_coarse_map(name, modules, example):
+    # examples/<name>_coarse.png were made with MediaPipe's own pipeline (pip mediapipe) and
+    # with @imgly's recipe: the same model run here must give nearly the same 64×64 map.
+    predict = _real_segmenter(name, modules)
+    rgb = np.asarray(Image.open(REPO / "examples" / f"{example}.jpg").convert("RGB"))
+    ours = mc.soft_png(mc.resize_probs(np.clip(predict(rgb)[""], 0, 1), (64, 64)))
+    theirs = np.asarray(Image.open(REPO / "examples" / f"{example}_coarse.png"))
+    assert np.abs(ours.astype(int) - theirs).mean() < 4
+    assert ((ours > 127) == (theirs > 127)).mean() > 0.98
