@@ -19,6 +19,7 @@ from spnrefine.train.data import (
     IGNORE,
     load_dataset,
     sample_batch,
+    sample_patch,
     split_stems,
     synthesize_coarse,
 )
@@ -498,3 +499,114 @@ def test_average_weights_is_the_mean_and_refuses_other_architectures(tmp_path):
         average_weights([str(tmp_path / "a"), str(tmp_path / "c")])
     with pytest.raises(SpnrefineError, match="at least two"):
         average_weights([str(tmp_path / "a")])
+
+
+# ---- several coarse sources per image (coarse-<source>/ folders beside images/ and masks/)
+
+
+def add_source(root, name, fg_value=None, scale=4, classes=2):
+    """A coarse-<name>/ folder with each image's map at 1/scale: a constant foreground
+    ``fg_value`` (binary) or the masks' class ids nearest-downsampled (multi-class)."""
+    folder = root / f"coarse-{name}"
+    folder.mkdir()
+    for mask_path in sorted((root / "masks").glob("*.png")):
+        mask = np.asarray(Image.open(mask_path))
+        h, w = mask.shape[0] // scale, mask.shape[1] // scale
+        if classes == 2:
+            small = np.full((h, w), fg_value, np.uint8)
+        else:
+            small = mask[::scale, ::scale][:h, :w]
+        Image.fromarray(small).save(folder / mask_path.name)
+    return folder
+
+
+def test_warping_a_small_map_equals_upsampling_then_warping():
+    from spnrefine.train.sources import warp_small
+    from spnrefine.upsample import upsample_probs
+
+    rng = np.random.default_rng(0)
+    small = rng.random((2, 12, 17)).astype(np.float32)
+    image_hw = (96, 136)
+    matrix = cv2.getRotationMatrix2D((70.0, 50.0), 11.0, 1.3)
+    matrix[:, 2] += np.array([32, 32]) - np.array([70.0, 50.0])
+    warp = {"dsize": (64, 64), "flags": cv2.INTER_LINEAR, "borderMode": cv2.BORDER_REFLECT_101}
+    full = upsample_probs(small, image_hw)
+    expected = np.stack([cv2.warpAffine(c, matrix, **warp) for c in full])
+    got = warp_small(small, image_hw, matrix, 64)
+    assert got.shape == (2, 64, 64)
+    # two bilinear steps against one: equal up to the second interpolation's smoothing
+    assert np.abs(got - expected).mean() < 0.02
+    identity = np.float32([[1, 0, 0], [0, 1, 0]])
+    flat = np.full((2, 12, 17), 0.25, np.float32)
+    assert np.allclose(warp_small(flat, image_hw, identity, 64), 0.25)
+
+
+def test_coarse_source_patterns_pick_folders_and_a_typo_is_an_error(tmp_path):
+    from spnrefine.train.sources import source_folders
+
+    data = make_folder(tmp_path / "d")
+    for name in ("isnet1024-s8", "weak-k5-s8", "mediapipe256-s8"):
+        (data / f"coarse-{name}").mkdir()
+    assert list(source_folders(data, ["isnet*", "weak-*"])) == ["isnet1024-s8", "weak-k5-s8"]
+    assert source_folders(data, []) == {}
+    with pytest.raises(SpnrefineError, match="no coarse-isnet512/ folder.*mediapipe256-s8"):
+        source_folders(data, ["isnet512"])
+
+
+def test_coarse_maps_read_as_small_probabilities(tmp_path):
+    from spnrefine.train.sources import read_coarse_map
+
+    soft = tmp_path / "soft.png"
+    Image.fromarray(np.full((5, 7), 51, np.uint8)).save(soft)
+    probs = read_coarse_map(soft, [0, 255])
+    assert probs.shape == (2, 5, 7) and np.allclose(probs[1], 0.2) and np.allclose(probs.sum(0), 1)
+    ids = np.array([[0, 3, 9, 255]], np.uint8)  # 9: an id the masks never hold; 255: void
+    Image.fromarray(ids).save(tmp_path / "ids.png")
+    probs = read_coarse_map(tmp_path / "ids.png", [0, 1, 2, 3])
+    assert probs.shape == (4, 1, 4)
+    assert probs[:, 0, 0].tolist() == [1, 0, 0, 0] and probs[:, 0, 1].tolist() == [0, 0, 0, 1]
+    assert probs[:, 0, 2].sum() == 0 and probs[:, 0, 3].sum() == 0
+
+
+def test_training_patches_mix_real_sources_with_the_synthetic_recipe(tmp_path):
+    data = make_folder(tmp_path / "d", n=6, size=(64, 64))
+    add_source(data, "all-fg", fg_value=255)
+    add_source(data, "unsure", fg_value=128)
+    dataset = load_dataset(data, 0.34, 0, ("all-fg", "unsure"))
+    assert all(set(s.sources) == {"all-fg", "unsure"} for s in dataset.train)
+    assert all(s.sources["unsure"].shape == (2, 16, 16) for s in dataset.train)
+    assert all(not s.sources for s in dataset.val)  # validation keeps its fixed protocol
+    rng = np.random.default_rng(0)
+    kinds = []
+    for _ in range(60):
+        patch = sample_patch(dataset.train[0], 2, rng)
+        if patch is None:
+            continue
+        fg = patch.coarse[1]
+        unsure = np.allclose(fg, 0.5, atol=0.01)
+        kinds.append("all-fg" if np.allclose(fg, 1) else "unsure" if unsure else "synthetic")
+    assert {"all-fg", "unsure", "synthetic"} <= set(kinds)
+    # without sources the batches are those of before: no extra draws from the stream
+    plain = load_dataset(data, 0.34, 0)
+    a = sample_batch(plain, np.random.default_rng(3), 4)
+    b = sample_batch(load_dataset(data, 0.34, 0, ()), np.random.default_rng(3), 4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_multiclass_sources_carry_the_class_ids(tmp_path):
+    data = make_folder(tmp_path / "d", n=6, size=(64, 64), classes=4)
+    add_source(data, "ids", scale=2, classes=4)
+    dataset = load_dataset(data, 0.34, 0, ("ids",))
+    sample = dataset.train[0]
+    small = sample.sources["ids"]
+    assert small.shape == (dataset.num_classes, 32, 32)
+    assert np.array_equal(small.argmax(0), sample.labels[::2, ::2])
+
+
+def test_coarse_sources_train_resume_and_refuse_another_mix(tmp_path):
+    data = make_folder(tmp_path / "d")
+    add_source(data, "half", fg_value=128)
+    straight = train(tiny_config([data], tmp_path / "straight", steps=4, coarse_sources=["half"]))
+    assert_resumes_exactly_only_with(
+        tmp_path, data, straight, "--coarse-source", coarse_sources=["half"]
+    )

@@ -101,6 +101,14 @@ def train(
             help="Extra loss weight on parts under 9 px wide, foreground or gaps (0: off).",
         ),
     ] = 0.0,
+    coarse_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Train also on the real coarse maps in each folder's coarse-<NAME>/ (shell "
+            "patterns; repeat for several): a patch takes one of its image's sources or the "
+            "synthetic recipe, alike.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -151,6 +159,7 @@ def train(
         workers=workers,
         ema=ema,
         thin_weight=thin_weight,
+        coarse_sources=list(coarse_source or []),
         model=model_config,
         widen_to=parsed_widths if init else None,
     )

@@ -2,7 +2,9 @@
 
 A data folder holds ``images/`` and ``masks/`` with the same stems (masks are label PNGs:
 0/255 binary or class ids, 255 = ignore) and optionally ``coarse/`` with real coarse maps
-from the user's own segmenter, and ``splits.txt`` (``stem<TAB>train|val``) to fix the split.
+from the user's own segmenter, ``coarse-<source>/`` folders with several segmenters' maps to
+mix with the synthetic recipe (`spnrefine.train.sources`), and ``splits.txt``
+(``stem<TAB>train|val``) to fix the split.
 Without ``splits.txt``, a seeded share of *groups* goes to validation, where a stem's group is
 the stem minus a trailing ``_<digits>`` (so frames of one video sequence stay together).
 """
@@ -17,9 +19,10 @@ import cv2
 import numpy as np
 
 from spnrefine.errors import SpnrefineError
-from spnrefine.io import load_coarse, load_image, load_label_ids
+from spnrefine.io import load_image, load_label_ids
 from spnrefine.io.coarse import VOID as IGNORE
 from spnrefine.io.names import COARSE_EXTENSIONS, IMAGE_EXTENSIONS
+from spnrefine.train import sources
 from spnrefine.upsample import upsample_probs
 
 VAL_FRACTION = 0.2  # share of groups held out when a folder has no splits.txt
@@ -33,6 +36,7 @@ class Sample:
     image: np.ndarray  # H×W×3 uint8 RGB
     labels: np.ndarray  # H×W uint8
     coarse: np.ndarray | None = None  # C×H×W float32 at image size
+    sources: dict[str, np.ndarray] = field(default_factory=dict)  # C×h×w, each at its own size
     boundary: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
 
 
@@ -90,8 +94,17 @@ def split_stems(root: Path, stems: list[str], val_fraction: float, seed: int) ->
     return {s for s in stems if group_of(s) in chosen}
 
 
-def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
-    """Read a whole data folder into memory and split it into train and validation samples."""
+def load_dataset(
+    root: str | Path,
+    val_fraction: float = VAL_FRACTION,
+    seed: int = 0,
+    coarse_sources: tuple[str, ...] = (),
+) -> Dataset:
+    """Read a whole data folder into memory and split it into train and validation samples.
+
+    ``coarse_sources``: patterns of ``coarse-<source>/`` folders whose maps the training
+    samples carry (validation keeps its fixed protocol).
+    """
     root = Path(root)
     images_dir, masks_dir, coarse_dir = root / "images", root / "masks", root / "coarse"
     for folder in (images_dir, masks_dir):
@@ -111,6 +124,8 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
             f"{stem} has no {which} ({len(missing)} unpaired file(s) in all)", root
         )
     coarse = _stems(coarse_dir, COARSE_EXTENSIONS) if coarse_dir.is_dir() else {}
+    folders = sources.source_folders(root, coarse_sources)
+    source_maps = {name: _stems(folder, COARSE_EXTENSIONS) for name, folder in folders.items()}
 
     raw_masks = {}
     for stem, path in masks.items():
@@ -140,6 +155,12 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
         sample = Sample(stem, image, labels, boundary=boundary_points(labels))
         if stem in coarse:
             sample.coarse = load_training_coarse(coarse[stem], labels.shape, class_values)
+        if stem not in val_stems:
+            sample.sources = {
+                name: sources.read_coarse_map(maps[stem], class_values, labels.shape)
+                for name, maps in source_maps.items()
+                if stem in maps
+            }
         (val if stem in val_stems else train).append(sample)
     return Dataset(root, num_classes, class_values, train, val)
 
@@ -147,48 +168,9 @@ def load_dataset(root: str | Path, val_fraction: float = VAL_FRACTION, seed: int
 def load_training_coarse(
     path: Path, image_hw: tuple[int, int], class_values: list[int]
 ) -> np.ndarray:
-    """A real coarse map as the data set's C×H×W probabilities at image size.
-
-    Read by `spnrefine.io.load_coarse`, so every format `refine` takes can be trained on, with
-    the same guards. What the set's masks are decides how an image is read: for a binary set
-    a soft foreground (8-bit value / 255, 16-bit / 65535, float as is) or a 0/255 or 0/1
-    mask; for a multi-class set class ids, mapped by the masks' values (ids the masks never
-    hold, and void, carry no class). Arrays are read as `refine` reads them and must hold two
-    classes, or the set's C. The map may have any size: it is stretched to the image.
-    """
-    binary = len(class_values) == 2
-    if path.suffix.lower() in (".npy", ".npz"):
-        coarse = load_coarse(path, image_hw=image_hw)
-    else:
-        coarse = load_coarse(path, coarse_type="auto" if binary else "labels")
-        if binary and coarse.kind == "labels" and coarse.palette is None:
-            # A soft map with few levels looks like class ids to the auto rule; here the
-            # masks have said what it is.
-            coarse = load_coarse(path, coarse_type="prob")
-    probs = coarse.probs
-    if binary:
-        if len(probs) != 2:
-            raise SpnrefineError(
-                f"coarse map holds {len(probs)} classes but the masks are binary", path
-            )
-        fg = np.clip(upsample_probs(probs[1:], image_hw)[0], 0, 1)
-        return np.stack([1 - fg, fg])
-    if coarse.kind == "labels":
-        index = {value: i for i, value in enumerate(class_values)}
-        small = np.zeros((len(class_values),) + probs.shape[1:], np.float32)
-        for channel, label in enumerate(coarse.labels):
-            if label in index:
-                small[index[label]] = probs[channel]
-        if coarse.ignore is not None:
-            small[:, coarse.ignore] = 0
-        return upsample_probs(small, image_hw)
-    if len(probs) != len(class_values):
-        raise SpnrefineError(
-            f"coarse map holds {len(probs)} classes but the masks hold {len(class_values)}; "
-            "give class ids or one channel per class",
-            path,
-        )
-    return upsample_probs(probs, image_hw)
+    """A real coarse map as the data set's C×H×W probabilities at image size: the map as
+    `spnrefine.train.sources.read_coarse_map` reads it, stretched to the image."""
+    return upsample_probs(sources.read_coarse_map(path, class_values, image_hw), image_hw)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -321,10 +303,16 @@ def sample_patch(
     present = np.unique(labels)
     if len(present[present != IGNORE]) < 2:
         return None
+    source = sources.SYNTHETIC
+    if augment and sample.sources:
+        source = sources.pick_source(list(sample.sources), rng)
     if sample.coarse is not None:
         coarse = np.stack(
             [cv2.warpAffine(c, matrix, flags=cv2.INTER_LINEAR, **warp) for c in sample.coarse]
         )
+        coarse = _renormalise(np.clip(coarse, 0, 1))
+    elif source != sources.SYNTHETIC:
+        coarse = sources.warp_small(sample.sources[source], (h, w), matrix, tile)
         coarse = _renormalise(np.clip(coarse, 0, 1))
     else:
         coarse = synthesize_coarse(labels, num_classes, rng if augment else None, factor)

@@ -59,6 +59,7 @@ class TrainConfig:
     workers: int = 0  # processes that prepare batches ahead of the model (0: in the loop)
     ema: float = 0.0  # decay of the weight average that is validated and saved (0: off)
     thin_weight: float = 0.0  # extra loss weight on parts thinner than THIN_WIDTH (0: off)
+    coarse_sources: list[str] = field(default_factory=list)  # coarse-<pattern>/ folders to mix in
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -244,8 +245,12 @@ def _check_resume(out: Path, config: TrainConfig) -> None:
             "resume it with the same",
             out,
         )
-    for flag, name in (("--ema", "ema"), ("--thin-weight", "thin_weight")):
-        was = saved.get(name, 0.0)
+    for flag, name, default in (
+        ("--ema", "ema", 0.0),
+        ("--thin-weight", "thin_weight", 0.0),
+        ("--coarse-source", "coarse_sources", []),
+    ):
+        was = saved.get(name, default)
         if was != getattr(config, name):
             raise SpnrefineError(
                 f"the run was started with {flag} {was}; resume it with the same", out
@@ -264,7 +269,10 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     if resume:
         _check_resume(out, config)
     torch.manual_seed(config.seed)
-    datasets = [load_dataset(d, config.val_fraction, config.held_out_seed) for d in config.data]
+    datasets = [
+        load_dataset(d, config.val_fraction, config.held_out_seed, tuple(config.coarse_sources))
+        for d in config.data
+    ]
     for d in datasets:
         if not d.val:
             raise SpnrefineError(
@@ -318,7 +326,9 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("training", total=config.steps, completed=step, loss=0.0)
         last = config.steps if config.until is None else min(config.until, config.steps)
-        source = (config.data, config.val_fraction, config.held_out_seed)
+        source = (
+            config.data, config.val_fraction, config.held_out_seed, tuple(config.coarse_sources)
+        )
         stream = batches(
             datasets,
             source,

@@ -17,7 +17,8 @@ import numpy as np
 
 from spnrefine.train.data import Dataset, load_dataset, sample_batch
 
-Source = tuple[Sequence[str], float, int]  # data folders, validation fraction, split seed
+# data folders, validation fraction, split seed, coarse-source patterns
+Source = tuple[Sequence[str], float, int, tuple[str, ...]]
 AHEAD = 4  # batches waiting per worker
 
 
@@ -37,8 +38,10 @@ def _init_worker(source: Source, seed: int, batch_size: int, tile: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core's worth of patch cutting per worker
-    folders, val_fraction, split_seed = source
-    _worker["datasets"] = [load_dataset(d, val_fraction, split_seed) for d in folders]
+    folders, val_fraction, split_seed, coarse_sources = source
+    _worker["datasets"] = [
+        load_dataset(d, val_fraction, split_seed, coarse_sources) for d in folders
+    ]
     _worker["args"] = (seed, batch_size, tile)
 
 
