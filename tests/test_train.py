@@ -542,15 +542,19 @@ def test_warping_a_small_map_equals_upsampling_then_warping():
 
 
 def test_coarse_source_patterns_pick_folders_and_a_typo_is_an_error(tmp_path):
-    from spnrefine.train.sources import source_folders
+    from spnrefine.train.sources import check_patterns, source_folders
 
     data = make_folder(tmp_path / "d")
     for name in ("isnet1024-s8", "weak-k5-s8", "mediapipe256-s8"):
         (data / f"coarse-{name}").mkdir()
     assert list(source_folders(data, ["isnet*", "weak-*"])) == ["isnet1024-s8", "weak-k5-s8"]
-    assert source_folders(data, []) == {}
-    with pytest.raises(SpnrefineError, match="no coarse-isnet512/ folder.*mediapipe256-s8"):
-        source_folders(data, ["isnet512"])
+    assert source_folders(data, []) == {} and source_folders(data, ["isnet512"]) == {}
+    other = make_folder(tmp_path / "other")  # a folder without sources may join the mix
+    check_patterns(["weak-*"], {data: list(source_folders(data, ["*"])), other: []})
+    with pytest.raises(SpnrefineError, match="coarse-isnet512/ folder.*mediapipe256-s8"):
+        check_patterns(["isnet512"], {data: list(source_folders(data, ["*"])), other: []})
+    with pytest.raises(SpnrefineError, match="--coarse-source isnet512"):
+        train(tiny_config([data, other], tmp_path / "run", coarse_sources=["isnet512"]))
 
 
 def test_coarse_maps_read_as_small_probabilities(tmp_path):

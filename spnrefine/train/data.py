@@ -49,6 +49,7 @@ class Dataset:
     class_values: list[int]  # mask value of each class index
     train: list[Sample]
     val: list[Sample]
+    sources: list[str] = field(default_factory=list)  # coarse-<source>/ folders it carries
 
     @property
     def binary(self) -> bool:
@@ -162,7 +163,7 @@ def load_dataset(
                 if stem in maps
             }
         (val if stem in val_stems else train).append(sample)
-    return Dataset(root, num_classes, class_values, train, val)
+    return Dataset(root, num_classes, class_values, train, val, list(source_maps))
 
 
 def load_training_coarse(

@@ -28,6 +28,7 @@ from spnrefine.checkpoint import CONFIG_FILE, load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.model.grow import widen_guidance
+from spnrefine.train import sources
 from spnrefine.train.data import IGNORE, VAL_FRACTION, Dataset, load_dataset, sample_batch
 from spnrefine.train.prefetch import batches
 from spnrefine.train.validate import PatchScores
@@ -273,6 +274,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
         load_dataset(d, config.val_fraction, config.held_out_seed, tuple(config.coarse_sources))
         for d in config.data
     ]
+    sources.check_patterns(config.coarse_sources, {d.root: d.sources for d in datasets})
     for d in datasets:
         if not d.val:
             raise SpnrefineError(

@@ -25,26 +25,23 @@ PREFIX = "coarse-"
 
 
 def source_folders(root: Path, patterns: Sequence[str]) -> dict[str, Path]:
-    """The ``coarse-<name>/`` folders of ``root`` whose name matches a pattern (shell-style).
+    """The ``coarse-<name>/`` folders of ``root`` whose name matches a pattern (shell-style)."""
+    found = [p.name[len(PREFIX):] for p in root.iterdir() if p.name.startswith(PREFIX)]
+    names = {n for pattern in patterns for n in fnmatch.filter(found, pattern)}
+    return {n: root / f"{PREFIX}{n}" for n in sorted(names)}
 
-    A pattern that matches no folder is an error: a typo would otherwise train on the
-    synthetic recipe alone without a word.
-    """
-    found = {
-        p.name[len(PREFIX):]: p
-        for p in sorted(root.iterdir())
-        if p.is_dir() and p.name.startswith(PREFIX)
-    }
-    chosen = {}
+
+def check_patterns(patterns: Sequence[str], found: dict[Path, list[str]]) -> None:
+    """Every pattern must match a source in at least one data folder: a typo would otherwise
+    train on the synthetic recipe alone without a word. ``found``: each folder's sources."""
     for pattern in patterns:
-        names = fnmatch.filter(found, pattern)
-        if not names:
-            available = ", ".join(found) or "none"
+        if not any(fnmatch.filter(names, pattern) for names in found.values()):
+            listed = sorted({n for names in found.values() for n in names})
             raise SpnrefineError(
-                f"no coarse-{pattern}/ folder (coarse sources here: {available})", root
+                f"--coarse-source {pattern}: no data folder has a coarse-{pattern}/ folder "
+                f"(sources there: {', '.join(listed) or 'none'})",
+                next(iter(found), Path(".")),
             )
-        chosen.update({n: found[n] for n in names})
-    return dict(sorted(chosen.items()))
 
 
 def read_coarse_map(
