@@ -360,9 +360,10 @@ def retina(snap: Snapshot) -> Iterator[Pair]:
     for split, first in (("training", 21), ("test", 1)):
         for n in range(first, first + 20):
             image = snap.image(f"DRIVE/{split}/images/{n:02d}_{split}.tif")
-            vessels = snap.image(f"DRIVE/{split}/1st_manual/{n:02d}_manual1.gif", "L")
-            # some field-of-view masks are named "..._mask .gif"
+            # upstream names are not regular: "34manual1.gif", "23_training_mask .gif"
+            manual = snap.glob(rf"DRIVE/{split}/1st_manual/{n:02d}_?manual1\.gif")
             fovs = snap.glob(rf"DRIVE/{split}/mask/{n:02d}_{split}_mask ?\.gif")
+            vessels = snap.image(manual[0], "L") if manual else None
             fov = snap.image(fovs[0], "L") if fovs else None
             if image is None or vessels is None or fov is None:
                 continue

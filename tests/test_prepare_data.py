@@ -157,9 +157,9 @@ def _files() -> dict[str, bytes]:
         "MT_Blowhole/Imgs/exp1_num_1.png": _mask(),
         **{f"MT_Free/Imgs/exp0_num_{i}.jpg": _img("JPEG", "L") for i in range(8)},
         **{f"MT_Free/Imgs/exp0_num_{i}.png": _mask(value=0) for i in range(8)},
-        # retina: DRIVE with a field-of-view mask named with a space, and CHASE
+        # retina: DRIVE with irregular names as upstream ("34manual1", "mask .gif"), and CHASE
         "DRIVE/training/images/21_training.tif": _img("TIFF"),
-        "DRIVE/training/1st_manual/21_manual1.gif": _mask("GIF"),
+        "DRIVE/training/1st_manual/21manual1.gif": _mask("GIF"),
         "DRIVE/training/mask/21_training_mask .gif": fov_gif.getvalue(),
         "CHASEDB1/Image_01L.jpg": _img(),
         "CHASEDB1/Image_01L_1stHO.png": _mask(),
