@@ -241,20 +241,27 @@ def rescale_isnet(model_bytes: bytes, size: int) -> bytes:
     model = onnx.load_from_string(model_bytes)
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
-    scaled = 0
+    initializers = {init.name: init for init in graph.initializer}
+
+    # Each Resize's target tensor, once even where several Resize nodes share it.
+    targets: dict[str, onnx.TensorProto] = {}
     for node in graph.node:
         if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
             continue
-        concat = producer[node.input[3]]
-        const = producer[concat.input[1]]
-        if const.op_type != "Constant":
-            raise ValueError(f"{node.name}: Resize sizes do not end in a constant")
-        hw = numpy_helper.to_array(const.attribute[0].t)
-        new = np.asarray([int(v) * size // 1024 for v in hw], dtype=hw.dtype)
-        const.attribute[0].t.CopyFrom(numpy_helper.from_array(new, const.attribute[0].t.name))
-        scaled += 1
-    if not scaled:
+        sizes = node.input[3]
+        if sizes in initializers:  # the 8-bit export folds the sizes into one N,C,H,W constant
+            targets[sizes] = initializers[sizes]
+        else:  # the fp16 export concatenates shape(x)[:2] with an H,W constant
+            const = producer[producer[sizes].input[1]]
+            if const.op_type != "Constant":
+                raise ValueError(f"{node.name}: Resize sizes do not end in a constant")
+            targets[const.output[0]] = const.attribute[0].t
+    if not targets:
         raise ValueError("no Resize with constant sizes: not the expected ISNet graph")
+    for tensor in targets.values():
+        values = numpy_helper.to_array(tensor).copy()
+        values[-2:] = values[-2:] * size // 1024  # a height and width at the 1024 input
+        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     del graph.value_info[:]  # shapes inferred at 1024; onnxruntime infers them anew
     for value in list(graph.input) + list(graph.output):
         dims = value.type.tensor_type.shape.dim

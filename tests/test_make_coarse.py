@@ -159,43 +159,59 @@ def test_assemble_isnet_joins_the_chunks_and_checks_the_size(tmp_path):
         mc.assemble_isnet(tmp_path / "pkg", "small")
 
 
-def _resize_graph(size: int) -> bytes:
-    """A graph shaped like ISNet's resizes: sizes = concat(shape(x)[:2], constant)."""
+def _resize_graph(size: int, folded: bool = False) -> bytes:
+    """A graph shaped like ISNet's resizes: sizes = concat(shape(x)[:2], an H,W constant) as in
+    the fp16 export, or (``folded``) one N,C,H,W initializer as in the 8-bit export; two
+    Resize nodes share it."""
     pytest.importorskip("onnx", reason="onnx is not installed (scripts' own environment)")
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [
-        helper.make_node("Shape", ["input"], ["shape"]),
-        helper.make_node("Constant", [], ["start"], value=numpy_helper.from_array(np.array([0]))),
-        helper.make_node("Constant", [], ["end"], value=numpy_helper.from_array(np.array([2]))),
-        helper.make_node("Slice", ["shape", "start", "end"], ["nc"]),
-        helper.make_node(
-            "Constant", [], ["hw"], value=numpy_helper.from_array(np.array([size // 2] * 2))
-        ),
-        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
-        helper.make_node("Resize", ["input", "", "", "sizes"], ["output"], mode="linear"),
+    half = size // 2
+    initializers = []
+    if folded:
+        sizes = numpy_helper.from_array(np.array([1, 3, half, half], np.int64), "sizes")
+        initializers.append(sizes)
+        nodes = []
+    else:
+        nodes = [
+            helper.make_node("Shape", ["input"], ["shape"]),
+            helper.make_node(
+                "Constant", [], ["start"], value=numpy_helper.from_array(np.array([0]))
+            ),
+            helper.make_node("Constant", [], ["end"], value=numpy_helper.from_array(np.array([2]))),
+            helper.make_node("Slice", ["shape", "start", "end"], ["nc"]),
+            helper.make_node(
+                "Constant", [], ["hw"], value=numpy_helper.from_array(np.array([half, half]))
+            ),
+            helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        ]
+    nodes += [
+        helper.make_node("Resize", ["input", "", "", "sizes"], ["small"], mode="linear"),
+        helper.make_node("Resize", ["input", "", "", "sizes"], ["small2"], mode="nearest"),
+        helper.make_node("Add", ["small", "small2"], ["output"]),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size // 2, size // 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, half, half])],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return model.SerializeToString()
 
 
-def test_rescale_isnet_scales_every_resize_target_and_the_input():
+@pytest.mark.parametrize("folded", [False, True])
+def test_rescale_isnet_scales_every_resize_target_once_and_the_input(folded):
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (scripts' own environment)")
     from onnx import numpy_helper
 
-    model = onnx.load_from_string(mc.rescale_isnet(_resize_graph(1024), 256))
-    consts = {
-        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-        for n in model.graph.node
-        if n.op_type == "Constant"
-    }
-    assert consts["hw"].tolist() == [128, 128]
+    model = onnx.load_from_string(mc.rescale_isnet(_resize_graph(1024, folded), 256))
+    tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    assert tensors["sizes" if folded else "hw"].tolist()[-2:] == [128, 128]
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [
         1,
         3,
@@ -203,9 +219,9 @@ def test_rescale_isnet_scales_every_resize_target_and_the_input():
         256,
     ]
     with pytest.raises(ValueError, match="multiple of 32"):
-        mc.rescale_isnet(_resize_graph(1024), 300)
+        mc.rescale_isnet(_resize_graph(1024, folded), 300)
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    session = ort.InferenceSession(mc.rescale_isnet(_resize_graph(1024), 64))
+    session = ort.InferenceSession(mc.rescale_isnet(_resize_graph(1024, folded), 64))
     (out,) = session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})
     assert out.shape == (1, 3, 32, 32)
 
