@@ -652,7 +652,12 @@ def sources_of(prepared: PreparedSet) -> list[str]:
     )
 
 
-def quality_table(prepared: PreparedSet, every: int = 1, by_group: bool = False) -> str:
+def quality_table(
+    prepared: PreparedSet,
+    every: int = 1,
+    by_group: bool = False,
+    sources: Sequence[str] | None = None,
+) -> str:
     """A Markdown table of every coarse source the set has; with ``by_group`` (binary sets) a
     second one of the mean IoU per group (a video's frames) and source."""
     from spnrefine.train.data import group_of
@@ -663,7 +668,8 @@ def quality_table(prepared: PreparedSet, every: int = 1, by_group: bool = False)
         f"| {metric} of the truth at the maps' size |",
         "|---|---|---|---|---|---|",
     ]
-    scores = [evaluate(prepared, source, every) for source in sources_of(prepared)]
+    chosen = sources_of(prepared) if not sources else sources
+    scores = [evaluate(prepared, source, every) for source in chosen]
     for q in scores:
         worst = "" if np.isnan(q.worst) else f"{q.worst:.3f}"
         lines.append(
@@ -707,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ev = sub.add_parser("eval", parents=[common], help="quality of every coarse source of a set")
     ev.add_argument("--every", type=int, default=1, help="score every N-th map")
     ev.add_argument("--by-group", action="store_true", help="also mean IoU per video/group")
+    ev.add_argument("--sources", nargs="+", help="score only these sources (default: all)")
     sub.add_parser("list", help="the pretrained segmenters and their coarse sources")
     args = parser.parse_args(argv)
 
@@ -733,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = WeakConfig(folds=args.folds, steps=args.steps, input_size=args.input_size)
         run_weak(prepared, config, args.strides, log)
     else:
-        sys.stdout.write(quality_table(prepared, args.every, args.by_group))
+        sys.stdout.write(quality_table(prepared, args.every, args.by_group, args.sources))
 
 
 if __name__ == "__main__":

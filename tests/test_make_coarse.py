@@ -307,6 +307,8 @@ def test_evaluate_scores_a_downsampled_truth_high_and_an_empty_map_zero(tmp_path
     by_group = mc.quality_table(prepared, by_group=True)
     assert "| group | empty | good |" in by_group
     assert "| seq2 | 0.00 (3) |" in by_group
+    only = mc.quality_table(prepared, every=4, sources=["good"])
+    assert "| good | 3 |" in only and "empty" not in only
 
 
 def test_a_set_of_class_ids_0_1_with_void_is_binary_and_void_is_not_scored(tmp_path):
