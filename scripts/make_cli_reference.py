@@ -32,7 +32,10 @@ HEADER = f"""\
 `{PROG} COMMAND --help` (or `-h`) prints the same for one command, `{PROG} --version` the
 version; `python -m {PROG}` is the same command line. Logs, progress and errors go to
 stderr; data (`-o -`, `--json`) goes to stdout, so every command fits in a shell pipeline.
-Errors are one line naming the file, with exit status 2 (`batch`: 1 when any pair failed).
+An input or a setting that cannot be used is one line naming the file or the option, with
+exit status 2 (`batch`: 1 when any pair failed). A command line the parser cannot read (an
+unknown option, a missing argument, a number that is not one) gets the usage line, a pointer
+to `--help` and a boxed message from the parser, also with exit status 2.
 """
 
 
