@@ -34,8 +34,8 @@ version; `python -m {PROG}` is the same command line. Logs, progress and errors 
 stderr; data (`-o -`, `--json`) goes to stdout, so every command fits in a shell pipeline.
 An input or a setting that cannot be used is one line naming the file or the option, with
 exit status 2 (`batch`: 1 when any pair failed). A command line the parser cannot read (an
-unknown option, a missing argument, a number that is not one) gets the usage line, a pointer
-to `--help` and a boxed message from the parser, also with exit status 2.
+unknown option, a missing argument, a number that is not one) gets three lines from the
+parser instead: the usage line, a pointer to `-h`, and `Error: ...`, also with exit status 2.
 """
 
 
