@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import EXAMPLES, FIXTURES, dataset
 from PIL import Image
 from pngs import png_bytes
 
@@ -31,10 +32,6 @@ from spnrefine.io import (
     write_atomic,
 )
 from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLES = SHARED / "examples"
-DATA = SHARED / "data"
 
 
 def save(path: Path, data: bytes) -> Path:
@@ -169,10 +166,12 @@ def test_load_image_not_an_image(tmp_path):
         load_image(save(tmp_path / "notes.jpg", b"shopping list: milk, eggs\n"))
 
 
-@pytest.mark.parametrize("source", ["examples/coffee.jpg", "data/davis/masks/dog_00000.png"])
+@pytest.mark.parametrize(
+    "source", [EXAMPLES / "coffee.jpg", FIXTURES / "davis" / "dog_00000.png"], ids=["jpg", "png"]
+)
 def test_load_image_truncated_file_is_an_error(tmp_path, source):
-    data = (SHARED / source).read_bytes()
-    half = save(tmp_path / Path(source).name, data[: len(data) // 2])
+    data = source.read_bytes()
+    half = save(tmp_path / source.name, data[: len(data) // 2])
     with pytest.raises(SpnrefineError, match="truncated") as err:
         load_image(half)
     assert err.value.path == str(half)
@@ -221,15 +220,13 @@ def test_auto_reads_the_example_masks_as_probabilities(name):
     assert np.allclose(coarse.probs[1], raw)
 
 
-def test_auto_reads_every_davis_coarse_map_as_probabilities():
-    paths = sorted((DATA / "davis-coarse").glob("*.png"))
-    assert len(paths) == 101
+def assert_read_as_probabilities(paths: list[Path]) -> None:
+    assert paths
     kinds = {p.name: load_coarse(p).kind for p in paths}
     assert set(kinds.values()) == {"prob"}, [n for n, k in kinds.items() if k != "prob"]
 
 
-def test_auto_reads_camvid_masks_as_labels_with_void():
-    paths = sorted((DATA / "camvid" / "masks").glob("*.png"))[::20]
+def assert_read_as_labels_with_void(paths: list[Path]) -> None:
     assert paths
     for path in paths:
         coarse = load_coarse(path)
@@ -242,14 +239,43 @@ def test_auto_reads_camvid_masks_as_labels_with_void():
         )
 
 
-@pytest.mark.parametrize("folder", ["davis", "horses"])
-def test_auto_reads_davis_and_horse_masks_as_binary(folder):
-    for path in sorted((DATA / folder / "masks").glob("*.png"))[::60]:
+def assert_read_as_binary(paths: list[Path]) -> None:
+    assert paths
+    for path in paths:
         coarse = load_coarse(path)
         assert coarse.kind == "binary", path
         assert coarse.labels == [0, 255]
         assert coarse.ignore is None
         assert np.array_equal(coarse.probs[1] == 1, np.asarray(Image.open(path)) == 255)
+
+
+def test_auto_reads_real_soft_maps_with_few_values_or_ramps_as_probabilities():
+    # tests/data holds the DAVIS coarse maps nearest the auto rule's limits.
+    assert_read_as_probabilities(sorted((FIXTURES / "davis-coarse").glob("*.png")))
+
+
+def test_auto_reads_real_camvid_masks_as_labels_with_void():
+    assert_read_as_labels_with_void(sorted((FIXTURES / "camvid").glob("*.png")))
+
+
+@pytest.mark.parametrize("folder", ["davis", "horses"])
+def test_auto_reads_real_davis_and_horse_masks_as_binary(folder):
+    assert_read_as_binary(sorted((FIXTURES / folder).glob("*.png")))
+
+
+def test_auto_reads_every_davis_coarse_map_as_probabilities():
+    paths = sorted(dataset("davis-coarse").glob("*.png"))
+    assert len(paths) == 101
+    assert_read_as_probabilities(paths)
+
+
+def test_auto_reads_camvid_masks_as_labels_with_void():
+    assert_read_as_labels_with_void(sorted((dataset("camvid") / "masks").glob("*.png"))[::20])
+
+
+@pytest.mark.parametrize("folder", ["davis", "horses"])
+def test_auto_reads_davis_and_horse_masks_as_binary(folder):
+    assert_read_as_binary(sorted((dataset(folder) / "masks").glob("*.png"))[::60])
 
 
 # --- coarse maps: formats -------------------------------------------------------------------
