@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bombs import npz_header_only
 from PIL import Image
 from pngs import listing, png_bytes, small_pair
 from typer.testing import CliRunner
@@ -159,6 +160,17 @@ def test_coarse_from_stdin_and_png_to_stdout(cli, tmp_path: Path):
     out = Image.open(io.BytesIO(result.stdout_bytes))
     assert out.format == "PNG" and out.size == (56, 40)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "img_coarse.png"]
+
+
+def test_coarse_array_from_stdin_is_refused_by_its_declared_size(cli, tmp_path: Path):
+    image, _ = small_pair(tmp_path)
+    result = cli("refine", image, "-", "-o", "-", input=npz_header_only((20_000, 20_000)))
+    assert result.exit_code != 0
+    assert result.stdout_bytes == b""
+    assert result.stderr.strip().splitlines() == [
+        "error: <stdin>: coarse map is 20000x20000 = 400,000,000 pixels, more than the limit "
+        "of 100,000,000; --max-pixels raises the limit"
+    ]
 
 
 def test_soft_several_classes_to_stdout_is_an_npy(cli, tmp_path: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bombs import npz_header_only
 from pngs import png_bytes
 from typer.testing import CliRunner
 
@@ -229,6 +230,15 @@ def test_missing_coarse_map_is_an_error(shifted: Path):
     write(shifted / "coarse", "a.png", square()[::4, ::4])
     result = run("eval", shifted / "pred", shifted / "gt", "--coarse", shifted / "coarse")
     assert_one_line_error(result, "no coarse map for b")
+
+
+def test_coarse_array_over_the_pixel_limit_is_refused_by_its_header(shifted: Path):
+    coarse = shifted / "coarse"
+    coarse.mkdir()
+    (coarse / "a.npz").write_bytes(npz_header_only((20_000, 20_000)))
+    write(coarse, "b.png", square())
+    result = run("eval", shifted / "pred", shifted / "gt", "--coarse", coarse)
+    assert_one_line_error(result, f"{coarse / 'a.npz'}: coarse map is 20000x20000")
 
 
 def test_size_mismatch_is_an_error(shifted: Path):

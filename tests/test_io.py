@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bombs import npy_header_only, npz_header_only
 from datasets import EXAMPLES, FIXTURES, dataset
 from PIL import Image
 from pngs import png_bytes
@@ -452,6 +453,44 @@ def test_bad_arrays_are_refused_naming_the_file(tmp_path, array, message):
     with pytest.raises(SpnrefineError, match=message) as err:
         load_coarse(path, coarse_type="labels" if array.dtype == np.uint8 else "auto")
     assert err.value.path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (npy_header_only((100_000, 100_000)), "100000x100000"),
+        (npz_header_only((20_000, 20_000)), "20000x20000"),
+        (npz_header_only((3, 20_000, 20_000), key="logits"), "20000x20000"),
+        (npy_header_only((20_000, 20_000, 2)), "20000x20000"),
+        (npy_header_only((20_000, 20_000), dtype="|u1"), "20000x20000"),
+    ],
+    ids=["npy", "npz", "npz-chw", "npy-hwc", "npy-uint8"],
+)
+def test_array_shapes_are_checked_against_the_pixel_limit_before_the_data_is_read(data, size):
+    # The data is 16 bytes: reading it first would fail as truncated or exhaust memory.
+    with pytest.raises(SpnrefineError, match=f"^coarse.npz: coarse map is {size} = ") as err:
+        load_coarse(data, name="coarse.npz")
+    assert "--max-pixels" in str(err.value)
+
+
+def test_array_pixel_limit_is_max_pixels():
+    fg = np.full((30, 40), 0.5, np.float32)
+    with pytest.raises(SpnrefineError, match="coarse map is 40x30 = 1,200 pixels"):
+        load_coarse(npz_bytes(probs=fg), max_pixels=1199)
+    assert load_coarse(npz_bytes(probs=fg), max_pixels=1200).probs.shape == (2, 30, 40)
+
+
+def test_array_shorter_than_its_declared_shape_is_truncated():
+    with pytest.raises(SpnrefineError, match=r"truncated.*needs 4,000 bytes, the file holds 16"):
+        load_coarse(npy_header_only((20, 50)), name="c.npy")
+
+
+def test_fortran_order_and_big_endian_arrays_read_as_written():
+    fg = np.asfortranarray(np.random.default_rng(9).random((5, 7)).astype(">f8"))
+    assert np.allclose(load_coarse(encode_npy(fg)).probs[1], fg)
+    buf = io.BytesIO()
+    np.save(buf, fg)
+    assert np.allclose(load_coarse(buf.getvalue()).probs[1], fg)
 
 
 def test_nan_logits_are_refused():

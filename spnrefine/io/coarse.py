@@ -26,11 +26,13 @@ recorded in `ignore`. Single-class maps get two channels, [background, foregroun
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
+from numpy.lib import format as npy_format
 from PIL import Image
 
 from spnrefine.errors import SpnrefineError
@@ -98,34 +100,72 @@ def load_coarse(
         raise ValueError(f"coarse_type must be 'auto', 'labels' or 'prob', not {coarse_type!r}")
     data, shown = read_source(source, name)
     if data.startswith(_NPY_MAGIC) or data.startswith(_ZIP_MAGICS):
-        array, named_logits = _load_array(data, shown)
+        array, named_logits = _load_array(data, shown, image_hw, max_pixels)
         return _from_array(array, shown, coarse_type, logits or named_logits, image_hw, max_pixels)
     if logits:
         raise SpnrefineError("--logits applies to .npy/.npz arrays, not to images", shown)
-    return _from_image(decode_pil(data, shown, max_pixels), shown, coarse_type)
+    return _from_image(decode_pil(data, shown, max_pixels, "coarse map"), shown, coarse_type)
 
 
-def _load_array(data: bytes, name: str) -> tuple[np.ndarray, bool]:
+def _load_array(
+    data: bytes, name: str, image_hw: tuple[int, int] | None, max_pixels: int
+) -> tuple[np.ndarray, bool]:
     """Read a .npy, or the chosen array of a .npz; the flag is True for an array named
-    "logits"."""
+    "logits". The declared shape is checked before any data is read or decompressed."""
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded, False
-        with loaded:
-            keys = list(loaded.files)
+        if data.startswith(_NPY_MAGIC):
+            return _read_npy(io.BytesIO(data), len(data), name, image_hw, max_pixels), False
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            keys = [n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")]
             if not keys:
                 raise SpnrefineError(".npz file holds no arrays", name)
             key = next((k for k in _NPZ_KEYS if k in keys), keys[0])
-            return loaded[key], key == "logits"
+            member = archive.getinfo(f"{key}.npy")
+            with archive.open(member) as stream:
+                array = _read_npy(stream, member.file_size, name, image_hw, max_pixels)
+            return array, key == "logits"
     except SpnrefineError:
         raise
     except ValueError as e:
-        # np.load blames allow_pickle for object arrays, which means nothing to a user.
-        problem = "it holds Python objects, not numbers" if "pickle" in str(e) else str(e)
-        raise SpnrefineError(f"cannot read the array: {problem}", name) from None
+        raise SpnrefineError(f"cannot read the array: {e}", name) from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise SpnrefineError(f"corrupt or truncated array file ({e})", name) from None
+
+
+def _read_npy(
+    stream: BinaryIO,
+    size: int,
+    name: str,
+    image_hw: tuple[int, int] | None,
+    max_pixels: int,
+) -> np.ndarray:
+    """One .npy of `size` bytes: its header, the declared shape against the pixel limit and
+    the bytes present, then the data."""
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise SpnrefineError(
+            f".npy format version {version[0]}.{version[1]} is not supported", name
+        )
+    if dtype.hasobject:
+        raise SpnrefineError("cannot read the array: it holds Python objects, not numbers", name)
+    _check_rank(shape, name)
+    if 0 not in shape:
+        h, w = _spatial(shape, _channel_axis(shape, name, image_hw)) if len(shape) == 3 else shape
+        check_pixel_count(w, h, name, max_pixels, "coarse map")
+    count = math.prod(shape)
+    needed, present = count * dtype.itemsize, size - stream.tell()
+    if present < needed:
+        raise SpnrefineError(
+            f"corrupt or truncated array file: shape {tuple(shape)} of {dtype} needs "
+            f"{needed:,} bytes, the file holds {max(present, 0):,}",
+            name,
+        )
+    array = np.frombuffer(stream.read(needed), dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMap:
@@ -233,15 +273,9 @@ def _from_array(
     image_hw: tuple[int, int] | None,
     max_pixels: int,
 ) -> CoarseMap:
+    _check_rank(array.shape, name)
     if array.size == 0:
         raise SpnrefineError(f"empty array (shape {array.shape})", name)
-    if array.ndim not in (2, 3):
-        raise SpnrefineError(
-            f"array has {array.ndim} dimension{'s' if array.ndim != 1 else ''} "
-            f"(shape {array.shape}); expected H×W, "
-            "C×H×W or H×W×C",
-            name,
-        )
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
         if array.ndim != 2 or logits:
             raise SpnrefineError(
@@ -249,7 +283,7 @@ def _from_array(
                 "class ids or 8/16-bit probabilities; logits and C×H×W arrays must be floats",
                 name,
             )
-        check_pixel_count(array.shape[1], array.shape[0], name, max_pixels)
+        check_pixel_count(array.shape[1], array.shape[0], name, max_pixels, "coarse map")
         # A big-endian uint16 from another machine must still count as 16-bit.
         array = array.astype(array.dtype.newbyteorder("="), copy=False)
         if array.dtype == np.bool_:
@@ -265,7 +299,7 @@ def _from_array(
         values = np.moveaxis(values, _channel_axis(values.shape, name, image_hw), 0)
         if values.shape[0] == 1:
             values = values[0]
-    check_pixel_count(values.shape[-1], values.shape[-2], name, max_pixels)
+    check_pixel_count(values.shape[-1], values.shape[-2], name, max_pixels, "coarse map")
     finite = np.isfinite(values)
     if not finite.all():
         bad = np.argwhere(~finite)[0]
@@ -279,6 +313,15 @@ def _from_array(
         return _foreground(fg, name, [0, 1])
     probs = _softmax(values) if logits else _normalise(_check_probs(values, name))
     return CoarseMap(probs, list(range(probs.shape[0])), "prob", None, None, name)
+
+
+def _check_rank(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) not in (2, 3):
+        raise SpnrefineError(
+            f"array has {len(shape)} dimension{'s' if len(shape) != 1 else ''} "
+            f"(shape {tuple(shape)}); expected H×W, C×H×W or H×W×C",
+            name,
+        )
 
 
 def _channel_axis(shape: tuple[int, ...], name: str, image_hw: tuple[int, int] | None) -> int:

@@ -45,7 +45,9 @@ def read_source(source: Source, name: str | None = None) -> tuple[bytes, str]:
     return data, shown
 
 
-def decode_pil(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_pil(
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image"
+) -> Image.Image:
     """Decode `data` fully with PIL after checking its header size against `max_pixels`.
 
     The whole image is decoded here so that a truncated or corrupt file fails now, with the
@@ -58,7 +60,7 @@ def decode_pil(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         Image.MAX_IMAGE_PIXELS = None
         try:
             im = Image.open(io.BytesIO(data))
-            check_pixel_count(im.width, im.height, name, max_pixels)
+            check_pixel_count(im.width, im.height, name, max_pixels, what)
             im.load()
         except UnidentifiedImageError:
             problem = _NOT_AN_IMAGE
@@ -80,11 +82,14 @@ def decode_pil(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return im
 
 
-def check_pixel_count(width: int, height: int, name: str, max_pixels: int) -> None:
-    """Refuse an image larger than `max_pixels`, the guard against decompression bombs."""
+def check_pixel_count(
+    width: int, height: int, name: str, max_pixels: int, what: str = "image"
+) -> None:
+    """Refuse an image (or a coarse map: `what`) larger than `max_pixels`, the guard against
+    decompression bombs."""
     if width * height > max_pixels:
         raise SpnrefineError(
-            f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of "
             f"{max_pixels:,}; --max-pixels raises the limit",
             name,
         )
