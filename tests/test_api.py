@@ -210,6 +210,23 @@ def test_refine_probs_keeps_probabilities_a_distribution(refiner: Refiner):
     assert stats.total == 4  # 128-pixel tiles overlapping by 32 on a 150×200 image: 2×2
 
 
+def test_a_tile_larger_than_the_image_shrinks_to_cover_the_image(model_dir: Path):
+    refiner = Refiner.load(model_dir, device="cpu", tile=512)
+    seen = []
+    refiner._inference_model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    probs = np.random.default_rng(2).random((2, 40, 50)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    stats = TileStats()
+    out = refiner.refine_probs(gradient_image(40, 50), probs, stats)
+    # One tile of 56×56 (50 rounded up to the model's multiple of 8), not 512×512 of padding.
+    assert seen == [(1, 3, 56, 56)]
+    assert stats.total == 1 and out.shape == (2, 40, 50)
+    assert np.array_equal(
+        out,
+        Refiner.load(model_dir, device="cpu", tile=56).refine_probs(gradient_image(40, 50), probs),
+    )
+
+
 def test_refine_file_checks_outputs_before_the_model_runs(identity: Refiner, tmp_path: Path):
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")

@@ -136,7 +136,13 @@ MethodOption = Annotated[
         "CRF; needs pip install 'spnrefine[crf]')."
     ),
 ]
-TileOption = Annotated[int, typer.Option(help="Tile size in pixels (a multiple of 8).")]
+TileOption = Annotated[
+    int,
+    typer.Option(
+        help="Tile size in pixels (a multiple of 8); larger than the image, it shrinks to cover "
+        "the image."
+    ),
+]
 OverlapOption = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, blended.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Tiles per model call.")]
 GuardOption = Annotated[
