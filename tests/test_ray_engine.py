@@ -281,6 +281,7 @@ def test_a_killed_ray_job_rerun_finishes_the_rest_and_redoes_nothing(
     job.wait()
     job.stderr.close()
     # The cluster ends the dead driver's worker; until its CPU is free it may still write.
+    deadline = time.monotonic() + 120
     while ray.available_resources().get("CPU", 0) < 2:
         assert time.monotonic() < deadline, "the killed job's worker is still running"
         time.sleep(0.1)
