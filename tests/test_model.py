@@ -82,6 +82,9 @@ def test_inplace_normalisation_matches_the_reference():
         ({"guidance": "vgg"}, "unknown guidance"),
         ({"merge": "mean"}, "unknown merge"),
         ({"widths": (8,)}, "two positive widths"),
+        ({"tile": 7}, "tile 7: must be a multiple of 8"),
+        ({"tile": 8}, "at least 16"),
+        ({"tile": 72, "widths": (8, 8, 8, 8, 8)}, "tile 72: must be a multiple of 16"),
     ],
 )
 def test_bad_configs_are_refused(changes: dict, message: str):

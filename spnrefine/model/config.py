@@ -42,6 +42,9 @@ class ModelConfig:
             raise ValueError(f"unknown activation {self.activation!r}; expected relu or elu")
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"widths {self.widths}: need at least two positive widths")
+        stride = max(8, 2 ** (len(self.widths) - 1))
+        if self.tile < 16 or self.tile % stride:
+            raise ValueError(f"tile {self.tile}: must be a multiple of {stride}, at least 16")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
