@@ -307,7 +307,7 @@ def test_binary_png(foreground):
     mask[2:5, 1:4] = foreground
     coarse = load_coarse(png_bytes(mask))
     assert coarse.kind == "binary"
-    assert coarse.labels == [0, foreground]
+    assert coarse.labels == [0, 255]
     assert np.array_equal(coarse.probs[1], (mask > 0).astype(np.float32))
     assert_sums_to_one(coarse.probs)
 
@@ -328,6 +328,123 @@ def test_8_bit_soft_map_is_probability():
     assert (coarse.kind, coarse.labels) == ("prob", [0, 255])
     assert np.allclose(coarse.probs[1], soft / 255)
     assert_sums_to_one(coarse.probs)
+
+
+def voronoi_ids(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A label map of `n` regions with ids 0..n-1 in random order, like a scene parser's."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((n, 2)) * [h, w]
+    yy, xx = np.mgrid[:h, :w]
+    nearest = ((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2).argmin(
+        -1
+    )
+    return rng.permutation(n)[nearest].astype(np.uint8)
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(150, 120, 160), (255, 240, 320)])
+def test_auto_reads_a_label_map_of_many_classes_as_labels(n, h, w):
+    ids = voronoi_ids(n, h, w)
+    coarse = load_coarse(png_bytes(ids))
+    assert coarse.kind == "labels"
+    expected = sorted(set(np.unique(ids).tolist()) - {255})
+    assert coarse.labels == expected and len(expected) >= n - 1
+    assert np.array_equal(
+        np.asarray(coarse.labels)[coarse.probs.argmax(0)][ids != 255], ids[ids != 255]
+    )
+
+
+def test_auto_reads_a_sharp_soft_map_of_many_values_as_probability():
+    # A disc anti-aliased from 8x its size: 0 and 255 with 63 middle values along its edge.
+    yy, xx = np.mgrid[:480, :480]
+    disc = (((yy - 240) ** 2 + (xx - 230) ** 2) < 150**2).astype(np.float32)
+    soft = np.rint(cv2.resize(disc, (60, 60), interpolation=cv2.INTER_AREA) * 255)
+    soft = soft.astype(np.uint8)
+    coarse = load_coarse(png_bytes(soft))
+    assert (coarse.kind, coarse.labels) == ("prob", [0, 255])
+
+
+@pytest.mark.parametrize(
+    ("values", "what"),
+    [
+        (np.full((1, 1), 200, np.uint8), "1x1 map of one value"),
+        (np.full((5, 5), 3, np.uint8), "5x5 map of one value"),
+        (np.array([[10, 200], [90, 0]], np.uint8), "2x2 map this small"),
+    ],
+)
+def test_auto_refuses_a_map_without_edges_to_judge(values, what):
+    with pytest.raises(SpnrefineError, match=f"{what}: no edges.*--coarse-type labels") as err:
+        load_coarse(png_bytes(values), name="c.png")
+    assert err.value.path == "c.png"
+    assert load_coarse(png_bytes(values), coarse_type="prob").kind == "prob"
+    assert load_coarse(png_bytes(values), coarse_type="labels").kind == "labels"
+
+
+def test_auto_reads_a_one_pixel_wide_soft_map_as_probability():
+    ramp = np.linspace(0, 255, 30).astype(np.uint8)[None]
+    coarse = load_coarse(png_bytes(ramp))
+    assert coarse.kind == "prob"
+    assert np.allclose(coarse.probs[1, 0], ramp[0] / 255)
+    assert load_coarse(png_bytes(ramp.T.copy())).kind == "prob"
+
+
+def test_auto_refuses_many_values_whose_edges_and_regions_disagree():
+    # 100 one-pixel lines of distinct values on 0: step edges, yet no value fills a region.
+    lines = np.zeros((20, 200), np.uint8)
+    lines[:, ::2] = np.arange(1, 101, dtype=np.uint8)
+    with pytest.raises(SpnrefineError, match="cannot tell class ids from probabilities: 101"):
+        load_coarse(png_bytes(lines))
+    assert load_coarse(png_bytes(lines), coarse_type="labels").labels == list(range(101))
+
+
+def test_uniform_all_255_map_is_an_all_foreground_mask():
+    coarse = load_coarse(png_bytes(np.full((4, 6), 255, np.uint8)))
+    assert coarse.kind == "binary"
+    assert np.array_equal(coarse.probs[1], np.ones((4, 6)))
+
+
+def cutout(alpha: np.ndarray, mode: str = "RGBA") -> bytes:
+    colour = np.zeros((*alpha.shape, 3), np.uint8)
+    colour[..., 0] = 180
+    layers = [colour, alpha[..., None]] if mode == "RGBA" else [colour[..., :1], alpha[..., None]]
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(layers, -1), mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_cutouts_alpha_channel_is_the_soft_foreground(mode):
+    alpha = soft_disc()
+    coarse = load_coarse(cutout(alpha, mode))
+    assert (coarse.kind, coarse.labels) == ("prob", [0, 255])
+    assert np.allclose(coarse.probs[1], alpha / 255)
+    assert load_coarse(cutout(alpha, mode), coarse_type="prob").kind == "prob"
+
+
+def test_a_hard_cutout_is_a_binary_mask():
+    alpha = np.where(soft_disc() > 128, 255, 0).astype(np.uint8)
+    coarse = load_coarse(cutout(alpha))
+    assert (coarse.kind, coarse.labels) == ("binary", [0, 255])
+    assert np.array_equal(coarse.probs[1], alpha / 255)
+
+
+def test_an_opaque_rgba_image_or_a_cutout_as_labels_is_refused():
+    with pytest.raises(SpnrefineError, match="RGBA image without transparency"):
+        load_coarse(cutout(np.full((8, 8), 255, np.uint8)), name="c.png")
+    with pytest.raises(SpnrefineError, match="cutout .alpha = foreground., not as class ids"):
+        load_coarse(cutout(soft_disc()), coarse_type="labels")
+
+
+def test_every_mask_and_foreground_probability_has_labels_0_and_255():
+    fg = soft_disc().astype(np.float32) / 255
+    for source in (
+        png_bytes(soft_disc()),
+        encode_npy(fg),
+        encode_npy(fg.astype(np.float64)),
+        encode_npy(fg > 0.5),
+        png_bytes((fg > 0.5).astype(np.uint8)),
+        encode_prob_png(fg, bits=16),
+    ):
+        assert load_coarse(source).labels == [0, 255]
 
 
 def test_coarse_type_overrides_the_guess():
@@ -352,7 +469,7 @@ def test_16_bit_png_is_probability():
 def test_npy_foreground_probability():
     fg = np.random.default_rng(1).random((5, 8)).astype(np.float64)
     coarse = load_coarse(encode_npy(fg))
-    assert (coarse.kind, coarse.labels) == ("prob", [0, 1])
+    assert (coarse.kind, coarse.labels) == ("prob", [0, 255])
     assert np.allclose(coarse.probs[1], fg)
     assert_sums_to_one(coarse.probs)
 

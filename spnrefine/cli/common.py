@@ -157,8 +157,8 @@ CoarseTypeOption = Annotated[
     Literal["auto", "labels", "prob"],
     typer.Option(
         help="How to read an 8-bit single-channel PNG: class ids, a probability, or auto "
-        "(0/255 or 0/1 is a mask; few values with step edges are ids; else a probability; "
-        "see docs/coarse-formats.md)."
+        "(0/255 or 0/1 is a mask; step edges are ids, ramps a probability; a map it cannot "
+        "judge is refused; see docs/coarse-formats.md)."
     ),
 ]
 LogitsOption = Annotated[

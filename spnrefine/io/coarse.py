@@ -6,11 +6,17 @@ Formats (the full rules, with the reasons, are in docs/coarse-formats.md):
 - palette PNG (mode P): class ids; the palette is kept for the output.
 - 8-bit single-channel image: `coarse_type="auto"` decides, in this order:
   1. only values {0, 255} or only {0, 1}: a binary mask ("binary");
-  2. at most 64 distinct values besides 255 and almost no ramps (fewer than 20% of the pixels
-     on an edge sit strictly between their two opposite neighbours): class ids, 255 = void
-     ("labels");
-  3. anything else: soft foreground probability value / 255 ("prob").
+  2. class ids, 255 = void ("labels"), when its edges are steps: fewer than 20% of the pixels
+     on an edge sit strictly between their two opposite neighbours (no ramps); beyond 64
+     values, most values must also fill some pixel's whole neighbourhood (ids fill regions;
+     a soft map's middle values only line its edges);
+  3. a soft foreground probability value / 255 ("prob") when its edges are ramps (and, beyond
+     64 values, its middle values only line edges);
+  4. anything else, and a map with no edge to judge (one value, or smaller than 3 pixels on
+     both sides), is refused: `coarse_type` must say.
   `coarse_type="labels"` or `"prob"` skips the guess.
+- RGBA or gray + alpha image (a background remover's cutout): the alpha channel is the soft
+  foreground, alpha / 255.
 - 16-bit single-channel image: foreground probability value / 65535 (class ids with
   `coarse_type="labels"`); 32-bit float image: foreground probability as is.
 - `.npy` / `.npz` float arrays: H×W foreground probability, or C×H×W / H×W×C class
@@ -21,6 +27,9 @@ Formats (the full rules, with the reasons, are in docs/coarse-formats.md):
 
 Label 255 is void: it gets no channel, its pixels get uniform probabilities and are
 recorded in `ignore`. Single-class maps get two channels, [background, foreground].
+A mask or a probability of one foreground (kinds "binary" and "prob" with two channels) has
+the labels [0, 255], whatever its file held: its refined labels are 0/255, as the written
+mask. Class ids keep their own values.
 """
 
 from __future__ import annotations
@@ -49,11 +58,14 @@ CoarseType = Literal["auto", "labels", "prob"]
 
 VOID = 255
 MAX_CHANNELS = 1024
-# The auto rule for 8-bit maps. Measured on the shared data: CamVid label maps have 4-12
-# values and a ramp fraction of 0-0.02 (0.09 after a nearest-neighbour shrink to 60x45); the
-# ISNet and MediaPipe soft maps have 55-256 values and a ramp fraction of 0.28-0.72.
-AUTO_MAX_LABELS = 64
+# The auto rule for 8-bit maps. Measured on the development data: CamVid label maps have
+# 4-12 values, a ramp fraction of 0-0.02 (0.15 after a nearest-neighbour shrink by 16) and a
+# filled share of 0.86-1; the ISNet and MediaPipe soft maps have 55-256 values, a ramp
+# fraction of 0.28-0.72 and a filled share of 0-0.05.
+AUTO_FEW_VALUES = 64
 AUTO_MAX_RAMP_FRACTION = 0.2
+AUTO_MIN_FILLED_SHARE = 0.5
+FOREGROUND_LABELS = [0, 255]
 # Float error in a segmenter's softmax or a round trip through float16 stays well inside this.
 PROB_TOLERANCE = 1e-3
 
@@ -183,6 +195,8 @@ def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMa
     if im.mode == "F":
         # decode_pil has checked the pixel count already.
         return _from_array(np.asarray(im), name, coarse_type, False, None, im.width * im.height)
+    if im.mode in ("RGBA", "LA"):
+        return _from_alpha(np.asarray(im.getchannel("A")), name, im.mode, coarse_type)
     raise SpnrefineError(
         f"unsupported image mode {im.mode}: a coarse map must be single-channel (class ids or "
         "probabilities) or a palette PNG; convert colour-coded RGB masks to one of those",
@@ -190,15 +204,32 @@ def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMa
     )
 
 
+def _from_alpha(alpha: np.ndarray, name: str, mode: str, coarse_type: CoarseType) -> CoarseMap:
+    """A cutout: the alpha channel is the foreground, alpha / 255."""
+    if coarse_type == "labels":
+        raise SpnrefineError(
+            f"an {mode} image is read as a cutout (alpha = foreground), not as class ids", name
+        )
+    if alpha.min() == 255:
+        raise SpnrefineError(
+            f"{mode} image without transparency: a cutout's alpha channel is its foreground; "
+            "a coarse map must otherwise be single-channel (class ids or probabilities) or a "
+            "palette PNG",
+            name,
+        )
+    binary = set(np.unique(alpha).tolist()) <= {0, 255}
+    return _foreground(alpha.astype(np.float32) / 255.0, name, "binary" if binary else "prob")
+
+
 def _from_integers(values: np.ndarray, name: str, coarse_type: CoarseType) -> CoarseMap:
     """An H×W integer map: 8-bit by the auto rule, 16-bit as probability, wider as class ids."""
     if values.dtype == np.uint8:
-        kind = _guess_kind(values) if coarse_type == "auto" else coarse_type
+        kind = _guess_kind(values, name) if coarse_type == "auto" else coarse_type
         if kind == "prob":
-            return _foreground(values.astype(np.float32) / 255.0, name, [0, 255])
+            return _foreground(values.astype(np.float32) / 255.0, name)
         return _label_map(values, name, kind, None)
     if values.dtype == np.uint16 and coarse_type != "labels":
-        return _foreground(values.astype(np.float32) / 65535.0, name, [0, 255])
+        return _foreground(values.astype(np.float32) / 65535.0, name)
     if coarse_type == "prob":
         raise SpnrefineError(
             f"{values.dtype} values are class ids; probabilities must be 8-bit, 16-bit or float",
@@ -207,31 +238,63 @@ def _from_integers(values: np.ndarray, name: str, coarse_type: CoarseType) -> Co
     return _label_map(values, name, "labels", None)
 
 
-def _guess_kind(values: np.ndarray) -> Literal["labels", "binary", "prob"]:
+def _guess_kind(values: np.ndarray, name: str) -> Literal["labels", "binary", "prob"]:
     present = np.unique(values)
     if set(present.tolist()) <= {0, VOID} or set(present.tolist()) <= {0, 1}:
         return "binary"
-    n_labels = int(np.count_nonzero(present != VOID))
-    if n_labels <= AUTO_MAX_LABELS and _ramp_fraction(values) < AUTO_MAX_RAMP_FRACTION:
-        return "labels"
-    return "prob"
+    evidence = _edge_evidence(values, present)
+    if evidence is None:
+        h, w = values.shape
+        raise SpnrefineError(
+            f"cannot tell class ids from probabilities in a {w}x{h} map "
+            f"{'of one value' if len(present) == 1 else 'this small'}: no edges to judge by; "
+            "say which with --coarse-type labels or --coarse-type prob",
+            name,
+        )
+    ramps, filled = evidence
+    steps = ramps < AUTO_MAX_RAMP_FRACTION
+    if int(np.count_nonzero(present != VOID)) <= AUTO_FEW_VALUES:
+        return "labels" if steps else "prob"
+    if steps == (filled >= AUTO_MIN_FILLED_SHARE):
+        return "labels" if steps else "prob"
+    raise SpnrefineError(
+        f"cannot tell class ids from probabilities: {len(present)} values, "
+        f"{'step' if steps else 'ramp'} edges ({ramps:.0%} ramps), but "
+        f"{filled:.0%} of the values between 0 and 255 fill regions; "
+        "say which with --coarse-type labels or --coarse-type prob",
+        name,
+    )
 
 
-def _ramp_fraction(values: np.ndarray) -> float:
-    """Among pixels that differ from a 4-neighbour, the share lying strictly between their two
-    opposite neighbours: high for soft maps (edges are ramps), near 0 for class ids (edges are
-    steps)."""
-    v = values.astype(np.int32)
-    c, left, right = v[1:-1, 1:-1], v[1:-1, :-2], v[1:-1, 2:]
-    up, down = v[:-2, 1:-1], v[2:, 1:-1]
+def _edge_evidence(values: np.ndarray, present: np.ndarray) -> tuple[float, float] | None:
+    """What the edges of an 8-bit map say, along each axis of at least 3 pixels; None when
+    there is no edge to judge by.
 
-    def between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return ((a < c) & (c < b)) | ((a > c) & (c > b))
-
-    ramp = between(left, right) | between(up, down)
-    edge = (c != left) | (c != right) | (c != up) | (c != down)
+    ramps: among pixels that differ from a neighbour, the share lying strictly between their
+    two opposite neighbours: high for soft maps (edges are ramps), near 0 for class ids (edges
+    are steps). filled: the share of values other than 0 and 255 that some pixel holds along
+    with all its neighbours: class ids fill regions, a soft map's middle values line edges.
+    """
+    v = values.astype(np.int16)
+    axes = [axis for axis in (0, 1) if v.shape[axis] >= 3]
+    if not axes:
+        return None
+    core = tuple(slice(1, -1) if axis in axes else slice(None) for axis in (0, 1))
+    c = v[core]
+    ramp, edge, flat = np.zeros(c.shape, bool), np.zeros(c.shape, bool), np.ones(c.shape, bool)
+    for axis in axes:
+        a = v[tuple(slice(None, -2) if i == axis else core[i] for i in (0, 1))]
+        b = v[tuple(slice(2, None) if i == axis else core[i] for i in (0, 1))]
+        ramp |= ((a < c) & (c < b)) | ((a > c) & (c > b))
+        edge |= (c != a) | (c != b)
+        flat &= (c == a) & (c == b)
     n_edge = int(np.count_nonzero(edge))
-    return int(np.count_nonzero(ramp)) / n_edge if n_edge else 0.0
+    if not n_edge:
+        return None
+    middle = present[(present != 0) & (present != VOID)]
+    holds_flat = np.bincount(c[flat].ravel(), minlength=VOID + 1) > 0
+    filled = float(holds_flat[middle].mean()) if middle.size else 1.0
+    return int(np.count_nonzero(ramp)) / n_edge, filled
 
 
 def _label_map(ids: np.ndarray, name: str, kind: str, palette: list[int] | None) -> CoarseMap:
@@ -239,7 +302,7 @@ def _label_map(ids: np.ndarray, name: str, kind: str, palette: list[int] | None)
     present = np.unique(ids)
     if kind == "binary":
         fg = 1 if set(present.tolist()) <= {0, 1} and 1 in present else VOID
-        return _foreground((ids == fg).astype(np.float32), name, [0, fg], kind="binary")
+        return _foreground((ids == fg).astype(np.float32), name, "binary")
     if present[0] < 0:
         raise SpnrefineError(f"negative class id {int(present[0])}", name)
     ignore = ids == VOID
@@ -260,9 +323,9 @@ def _label_map(ids: np.ndarray, name: str, kind: str, palette: list[int] | None)
     return CoarseMap(probs, classes, "labels", palette, ignore if has_void else None, name)
 
 
-def _foreground(fg: np.ndarray, name: str, labels: list[int], kind: str = "prob") -> CoarseMap:
+def _foreground(fg: np.ndarray, name: str, kind: str = "prob") -> CoarseMap:
     probs = np.stack([1.0 - fg, fg]).astype(np.float32)
-    return CoarseMap(probs, labels, kind, None, None, name)
+    return CoarseMap(probs, list(FOREGROUND_LABELS), kind, None, None, name)
 
 
 def _from_array(
@@ -310,7 +373,7 @@ def _from_array(
         )
     if values.ndim == 2:
         fg = _sigmoid(values) if logits else _check_probs(values, name)
-        return _foreground(fg, name, [0, 1])
+        return _foreground(fg, name)
     probs = _softmax(values) if logits else _normalise(_check_probs(values, name))
     return CoarseMap(probs, list(range(probs.shape[0])), "prob", None, None, name)
 
