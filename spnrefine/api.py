@@ -41,7 +41,7 @@ from spnrefine.predictor import (
     check_method,
     pick_device,
 )
-from spnrefine.upsample import check_coarse_size
+from spnrefine.upsample import check_class_pixels, check_coarse_size
 
 __all__ = [
     "METHODS",
@@ -161,6 +161,9 @@ class Refiner(Predictor):
         coarse_map = self._read_coarse(coarse, coarse_type, logits, image_rgb.shape[:2])
         check_coarse_size(
             coarse_map.probs.shape[1:], image_rgb.shape[:2], coarse_map.source, stretch=stretch
+        )
+        check_class_pixels(
+            coarse_map.probs.shape[0], image_rgb.shape[:2], coarse_map.source, self.max_pixels
         )
         return image_rgb, coarse_map
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from spnrefine.errors import SpnrefineError
-from spnrefine.io import load_coarse, load_image
+from spnrefine.io import DEFAULT_MAX_PIXELS, load_coarse, load_image
 from spnrefine.io.coarse import VOID
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
 from spnrefine.io.outputs import REFINED_SUFFIX
@@ -27,7 +27,12 @@ from spnrefine.metrics import (
     mba,
     mean_boundary_f,
 )
-from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
+from spnrefine.upsample import (
+    check_class_pixels,
+    check_coarse_size,
+    upsample_ignore,
+    upsample_probs,
+)
 
 # Label ids 0..254 have a row and a column; column 255 counts void predictions, which are
 # misses of the ground truth's class (void ground truth is skipped).
@@ -220,6 +225,7 @@ def upsampled_coarse(
     probabilities, classes it never chose dropped, argmax, void kept."""
     coarse = load_coarse(path)
     check_coarse_size(coarse.probs.shape[1:], size_hw, coarse.source, stretch=stretch)
+    check_class_pixels(coarse.probs.shape[0], size_hw, coarse.source, DEFAULT_MAX_PIXELS)
     ignore = upsample_ignore(coarse.ignore, size_hw) if coarse.ignore is not None else None
     probs = restrict_classes(upsample_probs(coarse.probs, size_hw), present_classes(coarse))
     return LabelMap(to_labels(probs, coarse, ignore), coarse.kind)

@@ -19,6 +19,9 @@ import torch
 from spnrefine.model import SPNRefiner
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
+# Class maps propagated per model call, summed over the batch's tiles (16 tiles × 4 classes).
+CLASS_TILES_PER_CALL = 64
+
 
 @dataclass
 class TileStats:
@@ -115,7 +118,17 @@ def refine_tiled(
             mask[i, : len(classes)] = True
         img_t = torch.from_numpy(img).to(device).float().div_(255.0)
         sub_t = torch.from_numpy(sub).to(device)
-        logits = model(img_t, sub_t)
+        # Classes are independent given the gates: propagating a few at a time keeps a
+        # 150-class tile's memory near a two-class batch's.
+        gates = model.gates(img_t, sub_t)
+        step = max(1, CLASS_TILES_PER_CALL // len(pending))
+        logits = torch.cat(
+            [
+                model.propagate_classes(sub_t[:, s : s + step], gates)
+                for s in range(0, k, step)
+            ],
+            1,
+        )
         logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
         refined = torch.softmax(logits, 1).cpu().numpy()
         for i, (y, x, classes) in enumerate(pending):

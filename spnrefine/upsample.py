@@ -50,6 +50,28 @@ def check_coarse_size(
     )
 
 
+# Refining holds a few C×H×W float32 maps at the image's size: the upsampled input, the
+# output and the blend. Their size is capped at this many times --max-pixels class-pixels,
+# what a two-class map at the largest image allowed takes.
+CLASS_PIXELS_PER_PIXEL = 2
+
+
+def check_class_pixels(
+    channels: int, image_hw: tuple[int, int], source: str, max_pixels: int
+) -> None:
+    """Refuse a coarse map whose classes, brought to the image's size, would take more memory
+    than a two-class map of `max_pixels` pixels."""
+    h, w = image_hw
+    limit = CLASS_PIXELS_PER_PIXEL * max_pixels
+    if channels * h * w > limit:
+        raise SpnrefineError(
+            f"{channels} classes at the image's {w}x{h} are {channels * h * w:,} class-pixels "
+            f"(about {channels * h * w * 4 / 2**30:.1f} GiB per copy), more than "
+            f"{CLASS_PIXELS_PER_PIXEL} x --max-pixels = {limit:,}; --max-pixels raises the limit",
+            source,
+        )
+
+
 def upsample_probs(probs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize C×h×w probabilities to C×H×W, bilinear with half-pixel centres, each axis on its
     own. Each output pixel is a convex mix of input pixels, so per-pixel sums are kept."""

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from pngs import png_bytes
 
+from spnrefine import tiling
 from spnrefine.api import Refiner, RefineResult
 from spnrefine.checkpoint import save_model
 from spnrefine.errors import SpnrefineError
@@ -181,6 +182,32 @@ def test_image_and_coarse_can_be_arrays_or_bytes(identity: Refiner):
     assert ((from_arrays.labels != 0) == (from_bytes.labels != 0)).all()
 
 
+def test_a_mask_or_foreground_probability_gives_0_255_labels_whatever_its_type(
+    identity: Refiner,
+):
+    image = gradient_image()
+    yy, xx = np.mgrid[:12, :16]
+    fg = np.clip((4 - np.hypot(yy - 6, xx - 8)) / 3 + 0.5, 0, 1).astype(np.float32)
+    results = [
+        identity.refine(image, coarse)
+        for coarse in (fg, fg.astype(np.float64), (fg * 255).astype(np.uint8), fg > 0.5)
+    ]
+    for result in results:
+        assert result.coarse.labels == [0, 255]
+        assert set(np.unique(result.labels).tolist()) == {0, 255}
+    assert np.array_equal(results[0].labels, results[1].labels)
+
+
+def test_many_classes_at_a_large_size_are_refused_before_refining(model_dir: Path):
+    refiner = IdentityRefiner(Refiner.load(model_dir).model, device="cpu", max_pixels=10_000)
+    ids = np.arange(12 * 16, dtype=np.int32).reshape(12, 16) % 7
+    calls = IdentityRefiner.calls
+    with pytest.raises(SpnrefineError, match="^<array>: 7 classes at the image's 64x48"):
+        refiner.refine(gradient_image(), ids)
+    assert IdentityRefiner.calls == calls
+    assert refiner.refine(gradient_image(), ids % 6).labels.shape == (48, 64)
+
+
 def test_array_coarse_maps_get_the_checks_files_get(identity: Refiner):
     bad = np.full((12, 16), np.nan, np.float32)
     with pytest.raises(SpnrefineError, match="NaN") as err:
@@ -213,7 +240,9 @@ def test_refine_probs_keeps_probabilities_a_distribution(refiner: Refiner):
 def test_a_tile_larger_than_the_image_shrinks_to_cover_the_image(model_dir: Path):
     refiner = Refiner.load(model_dir, device="cpu", tile=512)
     seen = []
-    refiner._inference_model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    refiner._inference_model.guidance.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].shape)
+    )
     probs = np.random.default_rng(2).random((2, 40, 50)).astype(np.float32)
     probs /= probs.sum(0, keepdims=True)
     stats = TileStats()
@@ -225,6 +254,25 @@ def test_a_tile_larger_than_the_image_shrinks_to_cover_the_image(model_dir: Path
         out,
         Refiner.load(model_dir, device="cpu", tile=56).refine_probs(gradient_image(40, 50), probs),
     )
+
+
+def test_classes_propagated_a_few_at_a_time_give_the_same_map(refiner: Refiner, monkeypatch):
+    probs = np.random.default_rng(3).random((5, 60, 70)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    image = gradient_image(60, 70)
+    whole = refiner.refine_probs(image, probs)
+    monkeypatch.setattr(tiling, "CLASS_TILES_PER_CALL", 2)
+    calls = []
+    original = refiner._inference_model.propagate_classes
+    monkeypatch.setattr(
+        refiner._inference_model,
+        "propagate_classes",
+        lambda probs, *args, **kwargs: (
+            calls.append(probs.shape[1]) or original(probs, *args, **kwargs)
+        ),
+    )
+    np.testing.assert_allclose(refiner.refine_probs(image, probs), whole, atol=1e-5)
+    assert calls == [2, 2, 1]  # one 72×72 tile of 5 classes, two at a time
 
 
 def test_refine_file_checks_outputs_before_the_model_runs(identity: Refiner, tmp_path: Path):

@@ -32,7 +32,12 @@ from spnrefine.io import (
     refuse_overwrite_input,
     write_atomic,
 )
-from spnrefine.upsample import check_coarse_size, upsample_ignore, upsample_probs
+from spnrefine.upsample import (
+    check_class_pixels,
+    check_coarse_size,
+    upsample_ignore,
+    upsample_probs,
+)
 
 
 def save(path: Path, data: bytes) -> Path:
@@ -694,6 +699,15 @@ def test_other_sizes_are_refused_unless_stretched(coarse_hw, image_hw, message):
     assert "--stretch" in str(err.value)
     assert err.value.path == "c.png"
     check_coarse_size(coarse_hw, image_hw, "c.png", stretch=True)
+
+
+def test_classes_at_the_image_size_are_capped_at_twice_max_pixels():
+    check_class_pixels(2, (10_000, 10_000), "c.png", 100_000_000)
+    check_class_pixels(150, (1080, 1920), "c.png", 200_000_000)
+    with pytest.raises(SpnrefineError, match="150 classes at the image's 1920x1080") as err:
+        check_class_pixels(150, (1080, 1920), "c.png", 100_000_000)
+    assert err.value.path == "c.png"
+    assert "--max-pixels raises the limit" in str(err.value)
 
 
 def test_upsample_matches_torch_bilinear_with_half_pixel_centres():
