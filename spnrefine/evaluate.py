@@ -54,10 +54,12 @@ class EvalPair:
 
 @dataclass
 class Pairing:
-    """The pairs to score, and the ground-truth files that no prediction matched."""
+    """The pairs to score, the ground-truth files that no prediction matched, and the
+    predictions that found no ground truth (left out, not scored)."""
 
     pairs: list[EvalPair]
     unmatched_gt: list[Path] = field(default_factory=list)
+    unmatched_pred: list[Path] = field(default_factory=list)
 
 
 def find_eval_pairs(
@@ -71,8 +73,9 @@ def find_eval_pairs(
 
     Each argument is a folder or a single file. A prediction `NAME.png` (or `NAME_refined.png`,
     as `refine` names it) pairs with `NAME.*` in the ground-truth folder; the coarse map is
-    `NAME.*` (or `NAME_coarse`, `_seg`, `_mask`) and the image `NAME.*`. Every prediction must
-    find its partners; ground truth without a prediction is left out and listed.
+    `NAME.*` (or `NAME_coarse`, `_seg`, `_mask`) and the image `NAME.*`. A prediction without
+    ground truth, and ground truth without a prediction, are left out and listed; one without
+    its coarse map or image is an error.
     """
     pred, gt = Path(pred), Path(gt)
     if pred.is_dir():
@@ -97,7 +100,7 @@ def find_eval_pairs(
         else:
             gt_path = gt_files.get(p.stem) or gt_files.get(p.stem.removesuffix(REFINED_SUFFIX))
             if gt_path is None:
-                missing.append(p.name)
+                missing.append(p)
                 continue
         name = gt_path.stem
         pairs.append(
@@ -109,15 +112,14 @@ def find_eval_pairs(
                 _partner(name, image, image_files, (), "image", single),
             )
         )
-    if missing:
+    if not pairs:
         raise SpnrefineError(
-            f"{_count(len(missing), 'prediction')} without ground truth in {gt}: "
-            + _names(missing),
+            f"no prediction has ground truth in {gt}: " + _names([p.name for p in missing]),
             pred,
         )
     used = {pair.gt for pair in pairs}
     unmatched = [] if gt_files is None else [p for p in gt_files.values() if p not in used]
-    return Pairing(pairs, sorted(unmatched))
+    return Pairing(pairs, sorted(unmatched), missing)
 
 
 def _is_dir(path: str | Path | None) -> bool:
@@ -203,6 +205,12 @@ class LabelMap:
     def void(self) -> np.ndarray | None:
         """Void pixels of a label map; a 0/255 mask's 255 is its foreground, not void."""
         return self.labels == VOID if self.kind == "labels" else None
+
+    @property
+    def is_mask(self) -> bool:
+        """A mask, soft map, or label map of ids 0 and 1 only (void aside): one foreground,
+        however the file stores it (a 0/1 palette PNG is a mask, not two classes)."""
+        return self.kind != "labels" or set(np.unique(self.labels).tolist()) <= {0, 1, VOID}
 
 
 def read_labels(path: str | Path, *, as_ids: bool = False) -> LabelMap:
@@ -299,7 +307,8 @@ class Evaluation:
     """Scores accumulated image by image: `add` each pair, then `summary`, `rows`, `to_csv`.
 
     Binary or multi-class is `binary=True`, `classes=N`, or else decided by the first ground
-    truth: a label map of class ids means multi-class, a mask (0/255, 0/1, soft) binary.
+    truth: a label map of class ids means multi-class, a mask (0/255, 0/1, soft, or a label
+    map of ids 0 and 1 only) binary.
     """
 
     def __init__(
@@ -366,10 +375,10 @@ class Evaluation:
     def _read_gt(self, path: Path) -> LabelMap:
         if self.binary is None:
             gt = read_labels(path)
-            self.binary = gt.kind != "labels"
+            self.binary = gt.is_mask
             return gt if self.binary else read_labels(path, as_ids=True)
         gt = read_labels(path, as_ids=not self.binary)
-        if self.binary and gt.kind == "labels" and not self.declared:
+        if self.binary and not gt.is_mask and not self.declared:
             ids = ", ".join(str(k) for k in np.unique(gt.labels)[:6])
             raise SpnrefineError(
                 f"ground truth holds class ids ({ids}) where the first was a binary mask; "

@@ -189,7 +189,9 @@ def test_csv_has_a_row_per_image_and_json_the_summary(shifted: Path):
     assert float(rows[0]["iou"]) == pytest.approx(9 / 11, abs=1e-6)
     assert {"coarse_iou", "coarse_boundary_f", "coarse_mba"} <= set(rows[0])
     summary = json.loads(result.stdout)
-    assert set(summary) == {"mode", "images", "tolerance_px", "refined", "coarse", "gain"}
+    assert set(summary) == {
+        "mode", "images", "tolerance_px", "refined", "coarse", "gain", "left_out"
+    }  # fmt: skip
     assert "IoU (ΣI/ΣU)" in result.stderr  # the table moves to stderr when stdout is JSON
 
 
@@ -220,10 +222,44 @@ def test_refined_suffix_and_coarse_suffix_pair_by_name(tmp_path: Path):
     ]
 
 
-def test_prediction_without_ground_truth_is_an_error(shifted: Path):
-    write(shifted / "pred", "stray.png", square())
-    result = run("eval", shifted / "pred", shifted / "gt")
-    assert_one_line_error(result, "1 prediction without ground truth", "stray.png")
+def test_prediction_without_ground_truth_is_left_out_counted_and_said(shifted: Path):
+    write(shifted / "pred", "stray.png", square(3))
+    result = run("eval", shifted / "pred", shifted / "gt", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 2
+    assert summary["left_out"]["predictions_without_ground_truth"] == [
+        str(shifted / "pred" / "stray.png")
+    ]
+    assert "1 prediction without ground truth left out: stray.png" in result.stderr
+    (shifted / "pred" / "stray.png").unlink()
+    without = run("eval", shifted / "pred", shifted / "gt", "--json")
+    assert json.loads(without.stdout)["refined"] == summary["refined"]
+
+
+def test_predictions_none_of_which_has_ground_truth_are_an_error(tmp_path: Path):
+    write(tmp_path / "pred", "x.png", square())
+    write(tmp_path / "gt", "y.png", square())
+    result = run("eval", tmp_path / "pred", tmp_path / "gt")
+    assert_one_line_error(result, "no prediction has ground truth", "x.png")
+
+
+@pytest.mark.parametrize("palette", [True, False])
+def test_ground_truth_of_ids_0_and_1_is_a_mask_scored_against_0_255_predictions(
+    tmp_path: Path, palette: bool
+):
+    gt = np.where(square() > 0, 1, 0).astype(np.uint8)
+    gt[0, :] = 255  # a void border, as VOC masks have
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "a.png").write_bytes(
+        png_bytes(gt, palette=[0, 0, 0, 200, 0, 0] * 128 if palette else None)
+    )
+    write(tmp_path / "pred", "a.png", square())
+    result = run("eval", tmp_path / "pred", tmp_path / "gt", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "binary"
+    assert summary["refined"]["iou"] == 1.0
 
 
 def test_missing_coarse_map_is_an_error(shifted: Path):

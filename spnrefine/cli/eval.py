@@ -128,7 +128,20 @@ def eval_(
             f"{n} ground-truth file{'s' if n > 1 else ''} without a prediction left out",
             highlight=False,
         )
+    if pairing.unmatched_pred:
+        n = len(pairing.unmatched_pred)
+        names = ", ".join(p.name for p in pairing.unmatched_pred[:5])
+        more = f" and {n - 5} more" if n > 5 else ""
+        console.print(
+            f"{n} prediction{'s' if n > 1 else ''} without ground truth left out: {names}{more}",
+            highlight=False,
+            markup=False,
+        )
     summary = evaluation.summary()
+    summary["left_out"] = {
+        "predictions_without_ground_truth": [str(p) for p in pairing.unmatched_pred],
+        "ground_truth_without_prediction": len(pairing.unmatched_gt),
+    }
     if csv_out == "-":
         sys.stdout.write(evaluation.to_csv())
     if json_out:
