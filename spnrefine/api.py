@@ -24,6 +24,7 @@ from spnrefine.io import (
 )
 from spnrefine.io.outputs import (
     STDIO,
+    check_bits,
     check_outputs,
     encode_output,
     name_output,
@@ -124,6 +125,7 @@ class Refiner(Predictor):
         (`spnrefine.io.outputs.check_outputs`) before the model runs and written atomically; an
         output that names an input is refused."""
         inputs = _input_paths(image, coarse)
+        check_bits(bits, soft)
         check_outputs(out, overlay, inputs, overwrite=overwrite, auto_suffix=auto_suffix, soft=soft)
         started = time.perf_counter()
         image_rgb, coarse_map = self.read_inputs(

@@ -159,6 +159,20 @@ def test_soft_output_of_one_class_is_a_foreground_png_in_8_or_16_bits(
     np.testing.assert_allclose(p16 / 65535, result.probs[1], atol=1e-4)
 
 
+def test_16_bits_without_soft_is_refused(identity: Refiner, tmp_path: Path):
+    calls = IdentityRefiner.calls
+    with pytest.raises(SpnrefineError, match="--bits 16 is the depth of a --soft"):
+        identity.refine_file(
+            gradient_image(), np.zeros((12, 16), bool), tmp_path / "o.png", bits=16
+        )
+    assert IdentityRefiner.calls == calls and not (tmp_path / "o.png").exists()
+    result = identity.refine(gradient_image(), np.zeros((12, 16), bool))
+    with pytest.raises(SpnrefineError, match="--bits 16"):
+        result.save(tmp_path / "o.png", bits=16)
+    with pytest.raises(SpnrefineError, match="--bits 16"):
+        result.encode(bits=16)
+
+
 def test_soft_output_of_several_classes_is_a_chw_npy(identity: Refiner, tmp_path: Path):
     probs = np.random.default_rng(0).random((3, 12, 16)).astype(np.float32)
     probs /= probs.sum(0, keepdims=True)

@@ -183,6 +183,19 @@ def test_soft_several_classes_to_stdout_is_an_npy(cli, tmp_path: Path):
     assert soft.shape == (3, 40, 56)
 
 
+@pytest.mark.parametrize("verb", ["refine", "batch"])
+def test_16_bits_without_soft_is_refused_before_any_work(cli, tmp_path: Path, verb: str):
+    image, coarse = small_pair(tmp_path)
+    args = [image, coarse, "-o", tmp_path / "out.png"] if verb == "refine" else [tmp_path]
+    result = cli(verb, *args, "--bits", "16")
+    assert result.exit_code != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: --bits 16 is the depth of a --soft probability PNG; labels and masks are 8-bit "
+        "PNGs: add --soft, or leave --bits out"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "img_coarse.png"]
+
+
 def test_soft_one_class_writes_a_16_bit_png(cli, tmp_path: Path):
     image, coarse = small_pair(tmp_path)
     out = tmp_path / "soft.png"

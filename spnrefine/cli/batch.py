@@ -104,12 +104,14 @@ def batch(
     --overwrite. No two pairs may share an output, and no output may be an input."""
     from spnrefine.api import check_method
     from spnrefine.batch import collect_pairs
+    from spnrefine.io.outputs import check_bits
     from spnrefine.ray_engine import engine_options
     from spnrefine.runner import prepare_outputs, run_pairs
 
     console = stderr_console(quiet)
     try:
         check_method(settings.method)  # before the output folder is made
+        check_bits(settings.bits, settings.soft)
         ray_options = engine_options(
             engine,
             device=settings.device,

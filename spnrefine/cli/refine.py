@@ -60,11 +60,12 @@ def refine(
     json_out: JsonOption = False,
 ) -> None:
     """Refine one coarse map against its image and write the result."""
-    from spnrefine.io.outputs import check_outputs, default_output
+    from spnrefine.io.outputs import check_bits, check_outputs, default_output
     from spnrefine.pair import Pair, refine_pair
 
     console = stderr_console(quiet)
     try:
+        check_bits(settings.bits, settings.soft)
         if json_out and out == "-":
             raise SpnrefineError("--json and -o - both write to stdout; use one of them")
         if out is not None:

@@ -144,6 +144,18 @@ def check_outputs(
             raise SpnrefineError("cannot write to the output folder: permission denied", folder)
 
 
+def check_bits(bits: int, soft: bool) -> None:
+    """Refuse a bit depth the output will not have: 16 bits are for --soft probability PNGs,
+    labels and masks are 8-bit."""
+    if bits not in (8, 16):
+        raise SpnrefineError(f"--bits {bits}: expected 8 or 16")
+    if bits == 16 and not soft:
+        raise SpnrefineError(
+            "--bits 16 is the depth of a --soft probability PNG; labels and masks are 8-bit "
+            "PNGs: add --soft, or leave --bits out"
+        )
+
+
 def encode_output(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -154,6 +166,7 @@ def encode_output(
     bits: Literal[8, 16] = 8,
 ) -> bytes:
     """The bytes of the output file: the same kind as the coarse input unless `soft`."""
+    check_bits(bits, soft)
     if soft:
         fg_only = is_foreground_map(coarse)
         if fmt == "npy":
