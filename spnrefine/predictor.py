@@ -46,7 +46,9 @@ class RefineResult:
     image: np.ndarray  # H×W×3 uint8 RGB, as decoded
     coarse: CoarseMap  # as decoded, before upsampling: kind, labels, palette
     probs: np.ndarray  # C×H×W float32 refined probabilities, channels as `coarse.labels`
-    labels: np.ndarray  # H×W label ids: `coarse.labels` of the argmax, 255 where void
+    # H×W label ids: `coarse.labels` of the argmax, 255 where void; one rule for every input:
+    # class ids keep their values, a mask or foreground probability gives 0 and 255.
+    labels: np.ndarray
     tiles: TileStats
     seconds: float  # decoding through post-processing
     out: str | None = None  # where `Refiner.refine_file` wrote it

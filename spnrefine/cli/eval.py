@@ -97,7 +97,8 @@ def eval_(
 ) -> None:
     """Score refined masks against ground truth: IoU, boundary F and mBA for masks; mIoU,
     per-class IoU and mean boundary F for label maps. Files pair by name (NAME.png, or
-    NAME_refined.png as refine names it)."""
+    NAME_refined.png as refine names it); a prediction without ground truth, or ground truth
+    without a prediction, is left out and listed."""
     from spnrefine.evaluate import Evaluation, find_eval_pairs
     from spnrefine.io import check_output, write_atomic
 
