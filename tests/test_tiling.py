@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from spnrefine.model import ModelConfig
 from spnrefine.tiling import TileStats, blend_window, refine_tiled, tile_starts
 
 
@@ -18,14 +19,20 @@ class EchoModel(torch.nn.Module):
         super().__init__()
         self.batches: list[int] = []
 
-    def forward(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    config = ModelConfig(widths=(8, 16))  # the tiler reads the stride tiles must keep
+
+    def gates(self, image: torch.Tensor, probs: torch.Tensor) -> None:
         assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
         self.batches.append(image.shape[0])
+
+    def propagate_classes(self, probs: torch.Tensor, gates: None) -> torch.Tensor:
         return torch.log(probs.clamp_min(1e-12))
 
 
 class NeverCalled(torch.nn.Module):
-    def forward(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    config = ModelConfig(widths=(8, 16))
+
+    def gates(self, image: torch.Tensor, probs: torch.Tensor) -> None:
         raise AssertionError("a confident tile went through the model")
 
 
