@@ -47,8 +47,9 @@ import cv2
 import numpy as np
 
 from spnrefine.api import Refiner
-from spnrefine.baselines import refine_bilinear, refine_crf, refine_guided
-from spnrefine.baselines.guided import DEFAULT_EPS, DEFAULT_RADIUS
+from spnrefine.baselines.bilinear import refine_bilinear
+from spnrefine.baselines.crf import refine_crf
+from spnrefine.baselines.guided import DEFAULT_EPS, DEFAULT_RADIUS, refine_guided
 from spnrefine.metrics import (
     DEFAULT_TOLERANCE_PX,
     ConfusionMatrix,

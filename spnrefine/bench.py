@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from spnrefine.api import Refiner
-from spnrefine.baselines import BASELINES, crf_available
+from spnrefine.baselines import BASELINES, available_baselines
 from spnrefine.errors import SpnrefineError
 from spnrefine.propagation import DIRECTIONS, propagate
 
@@ -163,10 +163,6 @@ def kernel_backends() -> list[str]:
 
 def refine_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-def baseline_methods() -> list[str]:
-    return [m for m in BASELINES if m != "crf" or crf_available()]
 
 
 @dataclass
@@ -318,7 +314,7 @@ def plan(
     first = None
     for device in refine_devices():
         refiners[("spn", device)] = first = Refiner.load(weights, device=device)
-    for method in baseline_methods():
+    for method in available_baselines():
         refiners[(method, "cpu")] = Refiner.load(method=method, device="cpu")
     mode = first.model.config.mode
     backends = kernel_backends()

@@ -14,8 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from spnrefine.baselines import BASELINES, crf_available
-from spnrefine.baselines.crf import MISSING as CRF_MISSING
+from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError
 from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
@@ -35,7 +34,7 @@ from spnrefine.upsample import upsample_ignore, upsample_probs
 from spnrefine.weights import WeightsInfo, load_weights
 
 Device = Literal["auto", "cpu", "cuda"] | str
-Method = Literal["spn", "bilinear", "guided", "crf"]
+Method = str  # "spn" (the model) or the name of a baseline in spnrefine.baselines.BASELINES
 METHODS: tuple[str, ...] = ("spn", *BASELINES)
 
 
@@ -209,11 +208,13 @@ class Predictor:
 
 
 def check_method(method: str) -> None:
-    """Refuse an unknown method, and the CRF where pydensecrf is not installed."""
-    if method not in METHODS:
-        raise SpnrefineError(f"--method {method}: expected one of {', '.join(METHODS)}")
-    if method == "crf" and not crf_available():
-        raise SpnrefineError(f"--method crf {CRF_MISSING}")
+    """Refuse an unknown method, and a baseline that cannot run here (the CRF without
+    pydensecrf)."""
+    if method != "spn" and method not in BASELINES:
+        names = ", ".join(("spn", *BASELINES))
+        raise SpnrefineError(f"--method {method}: expected one of {names}")
+    if method != "spn":
+        check_baseline(method)
 
 
 def pick_device(device: Device) -> torch.device:

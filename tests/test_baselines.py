@@ -4,7 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from spnrefine.baselines import guided_filter, refine_bilinear, refine_crf, refine_guided
+from spnrefine.baselines.bilinear import refine_bilinear
+from spnrefine.baselines.crf import refine_crf
+from spnrefine.baselines.guided import guided_filter, refine_guided
 from spnrefine.errors import SpnrefineError
 from spnrefine.metrics import iou
 

@@ -15,7 +15,8 @@ from pngs import listing, png_bytes
 from typer.testing import CliRunner
 
 from spnrefine.api import Refiner
-from spnrefine.baselines import crf_available
+from spnrefine.baselines import BASELINES, Baseline, available_baselines
+from spnrefine.baselines.crf import crf_available
 from spnrefine.cli import app
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import load_coarse
@@ -140,3 +141,18 @@ def test_crf_method_writes_a_mask(tmp_path: Path):
     assert result.exit_code == 0, result.stderr
     out = np.asarray(Image.open(tmp_path / "crf.png"))
     assert out.shape == (48, 64) and set(np.unique(out)) <= {0, 255}
+
+
+def test_a_baseline_registered_in_one_line_runs_through_the_api_and_bench(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    copy = Baseline("spnrefine.baselines.bilinear:refine_bilinear", "the coarse map again")
+    monkeypatch.setitem(BASELINES, "copy", copy)
+    image, coarse = pair(tmp_path)
+    refiner = Refiner.load(method="copy")
+    result = refiner.refine(image, coarse)
+    plain = Refiner.load(method="bilinear").refine(image, coarse)
+    np.testing.assert_array_equal(result.probs, plain.probs)
+    assert "copy" in available_baselines()
+    with pytest.raises(SpnrefineError, match="expected one of spn, bilinear, guided, crf, copy"):
+        Refiner.load(method="nothing")

@@ -11,6 +11,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spnrefine.baselines import BASELINES
 from spnrefine.cli.common import (
     QuietOption,
     WeightsOption,
@@ -91,7 +92,7 @@ def _table(data: dict) -> Table:
     """One row per case: time (median), peak memory, and end-to-end time over each baseline's."""
     machine = data["machine"]
     results = data["results"]
-    baselines = [b for b in ("bilinear", "guided", "crf") if any(r["name"] == b for r in results)]
+    baselines = [b for b in BASELINES if any(r["name"] == b for r in results)]
     gpu = any(r["gpu_peak_mb"] is not None for r in results)
     runs = f"{data['repeats']} run{'s' if data['repeats'] > 1 else ''}"
     title = (

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from spnrefine.baselines import BASELINES, describe_baselines
 from spnrefine.io.images import DEFAULT_MAX_PIXELS
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
@@ -129,11 +130,11 @@ DeviceOption = Annotated[
     typer.Option(help="auto: the GPU (Numba CUDA kernel) when there is one, else the CPU."),
 ]
 MethodOption = Annotated[
-    Literal["spn", "bilinear", "guided", "crf"],
+    Literal[("spn", *BASELINES)],  # the names are the registry's
     typer.Option(
-        help="spn: the model. Baselines, for comparison (no weights loaded): bilinear "
-        "(the upsampled coarse map), guided (guided filter, the image as guide), crf (dense "
-        "CRF; needs pip install 'spnrefine[crf]')."
+        help="spn: the model. Baselines, for comparison (no weights loaded): "
+        + describe_baselines()
+        + ".",
     ),
 ]
 TileOption = Annotated[
