@@ -23,7 +23,7 @@ import torch
 from spnrefine.api import Refiner
 from spnrefine.baselines import BASELINES, available_baselines
 from spnrefine.errors import SpnrefineError
-from spnrefine.propagation import DIRECTIONS, propagate
+from spnrefine.propagation import BACKENDS, DIRECTIONS, propagate
 
 Size = tuple[int, int]  # width, height
 DEFAULT_SIZES: tuple[Size, ...] = ((512, 512), (1920, 1080), (4096, 3072))
@@ -150,15 +150,14 @@ def synthetic_case(size: Size, seed: int = 0) -> tuple[bytes, bytes]:
 
 
 def kernel_backends() -> list[str]:
-    """Backends to time: the numba CPU kernel, the torch reference, and the numba CUDA kernel
-    where numba sees a GPU."""
-    backends = ["cpu", "reference"]
+    """Backends to time: every one in the registry whose device is here (a CUDA backend where
+    torch and numba both see a GPU)."""
+    gpu = False
     if torch.cuda.is_available():
         from numba import cuda  # a submodule: `import numba` alone need not load it
 
-        if cuda.is_available():
-            backends.append("cuda")
-    return backends
+        gpu = cuda.is_available()
+    return [name for name, b in BACKENDS.items() if b.device == "cpu" or gpu]
 
 
 def refine_devices() -> list[str]:
@@ -190,7 +189,7 @@ def kernel_cases(sizes: list[Size], backends: list[str], mode: str) -> Iterator[
         for backend in backends:
             if backend == "reference" and w * h > REFERENCE_MAX_PIXELS:
                 continue
-            device = "cuda" if backend == "cuda" else "cpu"
+            device = BACKENDS[backend].device
 
             def setup(w: int = w, h: int = h, device: str = device) -> None:
                 generator = torch.Generator().manual_seed(0)

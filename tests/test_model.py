@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from spnrefine.model import ModelConfig, SPNRefiner
-from spnrefine.model.fast import fold_batchnorm, normalize_gates_inplace
+from spnrefine.model.fast import fold_batchnorm
 from spnrefine.model.grow import widen_guidance
 from spnrefine.propagation import normalize_gates
+from spnrefine.propagation.normalize import normalize_gates_inplace
 
 
 def _nontrivial(config: ModelConfig, seed: int = 0) -> SPNRefiner:
@@ -73,6 +74,21 @@ def test_inplace_normalisation_matches_the_reference():
     assert out.data_ptr() == raw.data_ptr()
     assert torch.allclose(out, expected, atol=1e-6)
     assert (out.abs().sum(3) <= 1 + 1e-6).all()
+
+
+def test_normalize_gates_overwrites_only_what_it_may_and_only_without_autograd():
+    raw = torch.randn(2, 3, 4, 3, 9, 7) * 2
+    expected = normalize_gates(raw.clone())
+    kept = raw.clone()
+    assert normalize_gates(raw).data_ptr() != raw.data_ptr()  # not allowed: a new tensor
+    with torch.no_grad():
+        assert normalize_gates(raw).data_ptr() != raw.data_ptr()
+        assert torch.equal(raw, kept)
+        out = normalize_gates(raw, may_overwrite=True)
+    assert out.data_ptr() == raw.data_ptr()
+    assert torch.allclose(out, expected, atol=1e-6)
+    grad = kept.clone().requires_grad_()
+    assert normalize_gates(grad, may_overwrite=True).grad_fn is not None
 
 
 @pytest.mark.parametrize(

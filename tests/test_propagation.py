@@ -18,9 +18,10 @@ from spnrefine.propagation import (
     DIRECTIONS,
     normalize_gates,
     propagate,
+    propagate_directions_ref,
     propagate_ref,
 )
-from spnrefine.propagation.function import BACKEND_ENV, resolve_backend
+from spnrefine.propagation.dispatch import BACKEND_ENV, BACKENDS, Backend, resolve_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,6 +230,25 @@ def test_backend_env_var_is_used_and_the_argument_wins(monkeypatch):
     with pytest.raises(SpnrefineError, match=BACKEND_ENV):
         resolve_backend(None, cpu)
     assert resolve_backend("cpu", cpu) == "cpu"
+
+
+def test_a_backend_registered_in_one_line_is_chosen_by_name_and_by_the_env_var(monkeypatch):
+    calls = []
+
+    def traced(x, gates, mode, directions):
+        calls.append(mode)
+        return propagate_directions_ref(x, gates, mode, directions)
+
+    monkeypatch.setattr(sys.modules[__name__], "_traced_backend", traced, raising=False)
+    monkeypatch.setitem(BACKENDS, "traced", Backend(f"{__name__}:_traced_backend", "cpu"))
+    x, gates = make_inputs(1, 2, 1, 5, 4)
+    expected = propagate(x, gates, merge=None, backend="reference")
+    assert torch.equal(propagate(x, gates, merge=None, backend="traced"), expected)
+    monkeypatch.setenv(BACKEND_ENV, "traced")
+    assert torch.equal(propagate(x, gates, merge=None), expected)
+    assert calls == ["three_way", "three_way"]
+    monkeypatch.delenv(BACKEND_ENV)
+    assert resolve_backend(None, torch.device("cpu")) == "cpu"  # not an "auto" backend
 
 
 def test_bad_backend_merge_and_shapes_are_rejected():

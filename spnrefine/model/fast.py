@@ -1,11 +1,11 @@
 """Inference fast paths on the CPU: the same arithmetic as the torch modules, fewer passes.
 
-On a CPU the refiner's time outside the convolutions goes to memory traffic: normalising the
-gates reads and writes them three times in torch, and the per-class tail (merge of the four
-directions, readout MLP) runs a handful of tiny 1×1 convolutions that each stream the whole
-hidden tensor. The kernels here do each in one pass per pixel. They run only when no
-gradient is needed (training keeps the torch modules, which autograd understands), and the
-tests check them against the torch path.
+On a CPU the refiner's time outside the convolutions goes to memory traffic: the per-class
+tail (merge of the four directions, readout MLP) runs a handful of tiny 1×1 convolutions that
+each stream the whole hidden tensor. The kernel here does it in one pass per pixel (the gate
+normalisation's one-pass kernel sits beside its torch twin in propagation/normalize.py). The
+fast paths run only when no gradient is needed (training keeps the torch modules, which
+autograd understands), and the tests check them against the torch path.
 """
 
 from __future__ import annotations
@@ -23,27 +23,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def cpu_inference(t: torch.Tensor) -> bool:
     """Whether the fast paths apply: no autograd, a float32 tensor on the CPU."""
     return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
-
-
-@njit(parallel=True, cache=True)
-def _normalize_three_way(raw):
-    """In place: raw (N×3×P) scaled so that Σ|p| ≤ 1 at every pixel (divide by max(Σ|p|, 1))."""
-    n, _, pixels = raw.shape
-    for i in prange(n):
-        for k in range(pixels):
-            total = abs(raw[i, 0, k]) + abs(raw[i, 1, k]) + abs(raw[i, 2, k])
-            if total > 1.0:
-                scale = 1.0 / total
-                raw[i, 0, k] *= scale
-                raw[i, 1, k] *= scale
-                raw[i, 2, k] *= scale
-
-
-def normalize_gates_inplace(raw: torch.Tensor) -> torch.Tensor:
-    """Three-way normalisation of a contiguous float32 CPU tensor …×3×H×W, in place."""
-    h, w = raw.shape[-2:]
-    _normalize_three_way(raw.numpy().reshape(-1, 3, h * w))
-    return raw
 
 
 @njit(inline="always")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnrefine.model.fast import cpu_inference, normalize_gates_inplace
+from spnrefine.model.fast import cpu_inference
 from spnrefine.propagation import normalize_gates
 
 # Class-agnostic cues the guidance net sees besides RGB: confidence and margin of the coarse map.
@@ -123,6 +123,4 @@ class GuidanceNet(nn.Module):
         raw = self.head(x).contiguous()
         b, _, h, w = raw.shape
         raw = raw.view(b, self.groups, 4, 3, h, w)
-        if fast and self.mode == "three_way":
-            return normalize_gates_inplace(raw)  # raw is this call's own tensor
-        return normalize_gates(raw, self.mode)
+        return normalize_gates(raw, self.mode, may_overwrite=True)  # raw is this call's own

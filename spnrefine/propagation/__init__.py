@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spnrefine.propagation.function import propagate_directions
+from spnrefine.propagation.dispatch import BACKENDS, propagate_directions
 from spnrefine.propagation.normalize import normalize_gates
 from spnrefine.propagation.reference import (
     DIRECTIONS,
@@ -15,6 +15,7 @@ from spnrefine.propagation.reference import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DIRECTIONS",
     "MODES",
     "merge_directions",
@@ -37,8 +38,9 @@ def propagate(
 
     ``merge="max"`` returns B×C×H×W (node-wise max over directions, the paper);
     ``merge=None`` returns the per-direction B×D×C×H×W, for a learned merge.
-    ``backend``: ``"reference"`` (plain torch), ``"cpu"`` (numba), ``"cuda"`` (numba.cuda),
-    or ``None``/``"auto"``: $SPNREFINE_BACKEND if set, else the kernel for the tensors' device.
+    ``backend``: a name in ``BACKENDS`` (``"cpu"``: numba, ``"cuda"``: numba.cuda,
+    ``"reference"``: plain torch), or ``None``/``"auto"``: $SPNREFINE_BACKEND if set, else the
+    kernel for the tensors' device.
     Every backend gives the same result and gradients.
     """
     if merge not in ("max", None):
