@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io.write import write_atomic
-from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.model import ModelConfig, SPNRefiner, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -60,6 +60,7 @@ def load_model(path: str | Path) -> SPNRefiner:
         data = json.loads(config_path.read_text())
         expected = data.pop(CHECKSUM_KEY, None)
         config = ModelConfig.from_dict(data)
+        model = build_model(config)
     except (ValueError, TypeError) as err:
         raise SpnrefineError(f"invalid model config: {err}", config_path) from None
     if expected is not None and sha256_file(weights) != expected:
@@ -68,11 +69,31 @@ def load_model(path: str | Path) -> SPNRefiner:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise SpnrefineError(f"unreadable safetensors file: {err}", weights) from None
-    model = SPNRefiner(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise SpnrefineError(f"weights do not match config.json: {detail}", weights) from None
+    problem = _mismatch(model, state)
+    if problem:
+        raise SpnrefineError(f"weights do not match config.json: {problem}", weights)
+    model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _mismatch(model: SPNRefiner, state: dict) -> str | None:
+    """One short line on how ``state`` differs from ``model``'s tensors, or None."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)}, not {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+            parts.append(
+                f"{len(keys)} {what} tensor{'s' if len(keys) > 1 else ''} ({keys[0]}{more})"
+            )
+    if shapes:
+        more = f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""
+        parts.append(f"{shapes[0]}{more}")
+    return "; ".join(parts) or None

@@ -116,11 +116,9 @@ class Predictor:
         check_method(method)
         if method == "spn" and model is None:
             raise ValueError("method 'spn' needs a model")
-        depth_factor = 2 ** (len(model.config.widths) - 1) if model is not None else 1
-        if tile < 16 or tile % max(8, depth_factor):
-            raise SpnrefineError(
-                f"--tile {tile}: must be a multiple of {max(8, depth_factor)}, at least 16"
-            )
+        multiple = max(8, model.tile_multiple) if model is not None else 8
+        if tile < 16 or tile % multiple:
+            raise SpnrefineError(f"--tile {tile}: must be a multiple of {multiple}, at least 16")
         if not 0 <= overlap < tile:
             raise SpnrefineError(f"--overlap {overlap}: must be at least 0 and below --tile")
         if batch_size < 1:

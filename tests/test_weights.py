@@ -3,6 +3,7 @@ and hf-hub:owner/name[@revision] from a Hugging Face cache built here, offline."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import torch
 
 from spnrefine.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_model, sha256_file
 from spnrefine.errors import SpnrefineError
@@ -189,3 +191,96 @@ def test_config_file_is_required_beside_a_safetensors_file(model_dir: Path, tmp_
     shutil.copy(model_dir / WEIGHTS_FILE, tmp_path / "alone.safetensors")
     with pytest.raises(SpnrefineError, match=CONFIG_FILE):
         load_weights(tmp_path / "alone.safetensors")
+
+
+def _save_with_config(model: SPNRefiner, folder: Path, config: dict) -> Path:
+    """Weights of ``model`` beside a hand-written config.json (as an earlier release wrote)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    return folder
+
+
+# weights/config.json of the first default (commit ec738dd), less its checksum.
+FIRST_DEFAULT_CONFIG = {
+    "extra": {"data": ["data/davis", "data/horses", "data/camvid"]},
+    "hidden": 8,
+    "merge": "learned",
+    "mode": "three_way",
+    "name": "spnrefine",
+    "readout": 16,
+    "tile": 128,
+    "widths": [16, 32, 48, 64],
+}
+
+
+def test_weights_of_the_first_default_load_as_the_unet_they_were(tmp_path: Path):
+    # Then: U-Net guidance, one gate set per hidden channel, ELU; no field said so.
+    then = ModelConfig(
+        hidden=8, gate_groups=8, guidance="unet", widths=(16, 32, 48, 64), activation="elu"
+    )
+    trained = SPNRefiner(then).eval()
+    folder = _save_with_config(trained, tmp_path / "old", FIRST_DEFAULT_CONFIG)
+    model, info = load_weights(folder)
+    assert (model.config.guidance, model.config.gate_groups) == ("unet", 8)
+    assert (model.config.activation, model.config.architecture) == ("elu", "spn-refiner")
+    image, probs = torch.rand(1, 3, 32, 32), torch.rand(1, 2, 32, 32).softmax(1)
+    with torch.no_grad():
+        assert torch.equal(model(image, probs), trained(image, probs))
+
+
+def test_weights_of_the_light_net_before_relu_load_with_elu(tmp_path: Path):
+    trained = SPNRefiner(ModelConfig(widths=(8, 16), activation="elu")).eval()
+    config = json.loads(trained.config.to_json())
+    del config["activation"], config["architecture"]
+    model, _ = load_weights(_save_with_config(trained, tmp_path / "v2", config))
+    assert (model.config.guidance, model.config.activation) == ("light", "elu")
+
+
+def test_todays_config_without_an_architecture_is_the_spn_refiner(model_dir: Path):
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    assert config["architecture"] == "spn-refiner"
+    bundled = json.loads((REPO / "weights" / CONFIG_FILE).read_text())
+    assert "architecture" not in bundled  # written before the field existed
+    assert ModelConfig.from_dict(
+        {k: v for k, v in bundled.items() if k != "weights_sha256"}
+    ).architecture == ("spn-refiner")
+
+
+def test_unknown_architecture_is_a_one_line_error(model_dir: Path, tmp_path: Path):
+    folder = tmp_path / "w"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["architecture"] = "spn-refiner-v9"
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SpnrefineError, match="unknown architecture 'spn-refiner-v9'") as err:
+        load_weights(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_a_registered_architecture_is_built_from_its_name(model_dir: Path, monkeypatch):
+    from spnrefine.model import ARCHITECTURES
+
+    class Traced(SPNRefiner):
+        pass
+
+    monkeypatch.setitem(ARCHITECTURES, "traced", Traced)
+    folder = model_dir.parent / "traced"
+    model = tiny_model()
+    model.config.architecture = "traced"
+    save_model(model, folder)
+    assert type(load_weights(folder)[0]) is Traced
+
+
+def test_weights_of_another_shape_fail_in_one_short_line(tmp_path: Path):
+    trained = SPNRefiner(ModelConfig(guidance="unet", widths=(8, 16, 24)))
+    config = json.loads(tiny_model().config.to_json())
+    folder = _save_with_config(trained, tmp_path / "x", config)
+    with pytest.raises(SpnrefineError, match="do not match config.json") as err:
+        load_weights(folder)
+    message = str(err.value)
+    assert "\n" not in message and len(message.removeprefix(str(folder))) < 300, message
+    assert "missing tensors" in message and "unexpected tensors" in message

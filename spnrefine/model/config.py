@@ -1,13 +1,31 @@
-"""The refiner's hyper-parameters, stored beside the weights as ``config.json``."""
+"""The refiner's hyper-parameters, stored beside the weights as ``config.json``.
+
+``config.json`` names the architecture (a key of `spnrefine.model.architectures.ARCHITECTURES`;
+a config without the name is today's refiner). Configs written by earlier releases are read
+as the model they described: each field added since then stands, when absent, for what that
+release built (`LEGACY`), not for today's default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ACTIVATIONS = ("relu", "elu")
+DEFAULT_ARCHITECTURE = "spn-refiner"
+
+# Fields added after the first release → what a config written before them meant. Every
+# config that save_model wrote holds every field of its day, so an absent one dates it.
+LEGACY: dict[str, Callable[[dict], object]] = {
+    # First default (U-Net guidance, Nov 2026): one gate set per hidden channel, ELU.
+    "gate_groups": lambda data: data.get("hidden", 8),
+    "guidance": lambda data: "unet",
+    # Light guidance and gate groups came with ELU; ReLU became the default later.
+    "activation": lambda data: "elu",
+}
 
 
 @dataclass
@@ -23,6 +41,7 @@ class ModelConfig:
     readout: int = 16  # width of the per-class readout MLP
     activation: str = "relu"  # "relu" or "elu", in the guidance net and the per-class tail
     tile: int = 128
+    architecture: str = DEFAULT_ARCHITECTURE  # the model class (see model/architectures.py)
     name: str = "spnrefine"
     extra: dict = field(default_factory=dict)  # free-form provenance (data, recipe)
 
@@ -54,8 +73,13 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+            raise ValueError(
+                f"unknown model config keys: {', '.join(unknown)} (written by a newer spnrefine?)"
+            )
         data = dict(data)
+        for name, value in LEGACY.items():
+            if name not in data:
+                data[name] = value(data)
         if "widths" in data:
             data["widths"] = tuple(data["widths"])
         config = cls(**data)

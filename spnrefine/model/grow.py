@@ -12,44 +12,29 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
-from spnrefine.model.guidance import FUSION_EXTRA, GATES_PER_GROUP, NUM_CUES
+from spnrefine.model.architectures import build_model
 from spnrefine.model.refiner import SPNRefiner
 
 
-@dataclasses.dataclass
-class _Conv:
-    """One guidance convolution: its name, input segments (concatenated), output width, and
-    whether a batch norm follows it (named as the next module of its Sequential)."""
-
-    name: str
-    inputs: list[int]
-    out: int
-    norm: bool = True
-
-
-def _light_convs(widths: tuple[int, ...], groups: int) -> list[_Conv]:
-    """The convolutions of GuidanceNet(arch="light") in order, as its __init__ builds them."""
-    n = len(widths)
-    convs = [_Conv("guidance.down.0.0", [3 + NUM_CUES], widths[0])]
-    for i in range(1, n):
-        convs.append(_Conv(f"guidance.down.{i}.0.0", [widths[i - 1]], widths[i]))
-        convs.append(_Conv(f"guidance.down.{i}.1.0", [widths[i]], widths[i]))
-    for j in range(n - 2):  # decoder: [upsampled deeper features, skip] → skip width
-        deep, skip = widths[n - 1 - j], widths[n - 2 - j]
-        convs.append(_Conv(f"guidance.up.{j}.0", [deep, skip], skip))
-    fusion = widths[0] + FUSION_EXTRA
-    convs.append(_Conv(f"guidance.up.{n - 2}.0", [widths[1], widths[0]], fusion))
-    convs.append(_Conv("guidance.head", [fusion], groups * GATES_PER_GROUP, norm=False))
-    return convs
+def _convs(model: SPNRefiner) -> dict[str, nn.Conv2d]:
+    """The guidance net's convolutions by state-dict name, each knowing its input segments
+    (the widths it reads, concatenated; set where GuidanceNet builds them)."""
+    return {
+        f"guidance.{name}": module
+        for name, module in model.guidance.named_modules()
+        if isinstance(module, nn.Conv2d)
+    }
 
 
-def _batchnorm_of(conv_name: str) -> str:
+def _batchnorm_of(conv_name: str) -> str | None:
+    """Where a batch norm after a convolution sits: the next module of its Sequential."""
     head, last = conv_name.rsplit(".", 1)
-    return f"{head}.{int(last) + 1}"
+    return f"{head}.{int(last) + 1}" if last.isdigit() else None
 
 
-def _input_index(old: list[int], new: list[int]) -> torch.Tensor:
+def _input_index(old: tuple[int, ...], new: tuple[int, ...]) -> torch.Tensor:
     """Where each old input channel sits among the new ones (segments keep their order)."""
     index, offset = [], 0
     for old_len, new_len in zip(old, new, strict=True):
@@ -75,27 +60,28 @@ def widen_guidance(model: SPNRefiner, widths: tuple[int, ...]) -> SPNRefiner:
             f"widths {','.join(map(str, widths))} must have {len(old_config.widths)} entries, "
             f"each at least the trained {','.join(map(str, old_config.widths))}"
         )
-    grown = SPNRefiner(dataclasses.replace(old_config, widths=widths, extra=dict(old_config.extra)))
+    grown = build_model(
+        dataclasses.replace(old_config, widths=widths, extra=dict(old_config.extra))
+    )
     old_state, new_state = model.state_dict(), grown.state_dict()
+    old_convs, new_convs = _convs(model), _convs(grown)
     done = set()
     with torch.no_grad():
-        groups = old_config.gate_groups
-        convs = zip(
-            _light_convs(old_config.widths, groups), _light_convs(widths, groups), strict=True
-        )
-        for old, new in convs:
-            weight = new_state[f"{new.name}.weight"]
-            index = _input_index(old.inputs, new.inputs)
+        for name, conv in new_convs.items():
+            old_inputs = old_convs[name].input_segments
+            weight = new_state[f"{name}.weight"]
+            index = _input_index(old_inputs, conv.input_segments)
             fresh = torch.ones(weight.shape[1], dtype=torch.bool)
             fresh[index] = False
             weight[:, fresh] = 0  # nothing reads the new channels yet
-            weight[: old.out, index] = old_state[f"{old.name}.weight"]
-            done.add(f"{new.name}.weight")
-            if not new.norm:
+            old_out = old_convs[name].out_channels
+            weight[:old_out, index] = old_state[f"{name}.weight"]
+            done.add(f"{name}.weight")
+            norm = _batchnorm_of(name)
+            if norm is None or f"{norm}.running_mean" not in new_state:
                 continue
-            norm = _batchnorm_of(new.name)
             for part in ("weight", "bias", "running_mean", "running_var"):
-                new_state[f"{norm}.{part}"][: old.out] = old_state[f"{norm}.{part}"]
+                new_state[f"{norm}.{part}"][:old_out] = old_state[f"{norm}.{part}"]
                 done.add(f"{norm}.{part}")
         for key, value in new_state.items():
             if key in done:

@@ -41,12 +41,11 @@ def _block(cin: int, cout: int, act: str) -> nn.Sequential:
     )
 
 
-def _conv(cin: int, cout: int, act: str, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        activation(act),
-    )
+def _conv(inputs: tuple[int, ...], cout: int, act: str, stride: int = 1) -> nn.Sequential:
+    """Convolution → batch norm → activation over the concatenation of ``inputs`` channels."""
+    conv = nn.Conv2d(sum(inputs), cout, 3, stride=stride, padding=1, bias=False)
+    conv.input_segments = inputs  # where each input sits, for model/grow.py
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), activation(act))
 
 
 def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -91,17 +90,19 @@ class GuidanceNet(nn.Module):
                 self.up.append(_block(width + skip, skip, act))
             head_in = widths[0]
         else:
-            self.down.append(_conv(cin, widths[0], act))
+            self.down.append(_conv((cin,), widths[0], act))
             for prev, width in zip(widths[:-1], widths[1:], strict=True):
                 self.down.append(
-                    nn.Sequential(_conv(prev, width, act, 2), _conv(width, width, act))
+                    nn.Sequential(_conv((prev,), width, act, 2), _conv((width,), width, act))
                 )
+            # Decoder: [upsampled deeper features, skip] → the skip's width.
             for skip, width in zip(reversed(widths[1:-1]), reversed(widths[2:]), strict=True):
-                self.up.append(_conv(width + skip, skip, act))
+                self.up.append(_conv((width, skip), skip, act))
             # Full resolution: decoder context + edge features → the gate features.
             head_in = widths[0] + FUSION_EXTRA
-            self.up.append(_conv(widths[1] + widths[0], head_in, act))
+            self.up.append(_conv((widths[1], widths[0]), head_in, act))
         self.head = nn.Conv2d(head_in, groups * GATES_PER_GROUP, 1)
+        self.head.input_segments = (head_in,)
         # Start near "no propagation" so early training does not smear the coarse map.
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)

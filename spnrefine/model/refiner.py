@@ -44,6 +44,11 @@ class SPNRefiner(nn.Module):
             nn.Conv2d(self.config.readout, 1, 1),
         )
 
+    @property
+    def tile_multiple(self) -> int:
+        """Tile sides must divide by this: the guidance net halves the tile once per scale."""
+        return 2 ** (len(self.config.widths) - 1)
+
     def gates(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         return self.guidance(image, coarse_cues(probs))
 

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from spnrefine.checkpoint import CONFIG_FILE, load_model, save_model
 from spnrefine.errors import SpnrefineError
-from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.model import ModelConfig, SPNRefiner, build_model
 from spnrefine.model.grow import widen_guidance
 from spnrefine.train import sources
 from spnrefine.train.data import IGNORE, VAL_FRACTION, Dataset, load_dataset, sample_batch
@@ -298,7 +298,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
                 raise SpnrefineError(str(err), config.init) from None
         config.model = model.config
     else:
-        model = SPNRefiner(config.model)
+        model = build_model(config.model)
     model.to(device)
     model.config.extra = {"data": [str(d.root) for d in datasets]}
     optimizer = torch.optim.AdamW(
