@@ -65,7 +65,7 @@ from spnrefine.metrics import (
     near,
 )
 from spnrefine.train.data import VAL_FRACTION, split_stems
-from spnrefine.train.loop import THIN_WIDTH
+from spnrefine.train.loss import THIN_WIDTH
 
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 GROUPS = ("in-domain", "unseen-domain", "unseen-segmenter", "do-no-harm")

@@ -59,7 +59,7 @@ def test_bundled_refiner_on_the_gpu_gives_the_cpu_result():
 
 def test_training_steps_on_the_gpu_lower_the_loss():
     from spnrefine.model import ModelConfig, SPNRefiner
-    from spnrefine.train.loop import refinement_loss
+    from spnrefine.train.loss import refinement_loss
 
     torch.manual_seed(0)
     model = SPNRefiner(ModelConfig(widths=(8, 16), readout=8, tile=32)).cuda().train()

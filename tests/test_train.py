@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from spnrefine.checkpoint import load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
+from spnrefine.train.average import WeightAverage
+from spnrefine.train.config import TrainConfig
 from spnrefine.train.data import (
     IGNORE,
     load_dataset,
@@ -23,13 +25,8 @@ from spnrefine.train.data import (
     split_stems,
     synthesize_coarse,
 )
-from spnrefine.train.loop import (
-    TrainConfig,
-    WeightAverage,
-    refinement_loss,
-    thin_parts,
-    train,
-)
+from spnrefine.train.loop import train
+from spnrefine.train.loss import refinement_loss, thin_parts
 
 TINY = ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=8, tile=32)
 

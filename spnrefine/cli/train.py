@@ -118,15 +118,16 @@ def train(
     ] = 0,
 ) -> None:
     """Train a refiner on your own data (or fine-tune one with --init)."""
-    import torch
-
     from spnrefine.model import ModelConfig
-    from spnrefine.train.loop import TrainConfig
+    from spnrefine.predictor import pick_device
+    from spnrefine.train.config import TrainConfig
     from spnrefine.train.loop import train as run_training
 
     console = stderr_console()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = str(pick_device(device))
+    except SpnrefineError as err:
+        raise fail(err, console) from None
     architecture = {
         "hidden": hidden,
         "gate_groups": gate_groups,

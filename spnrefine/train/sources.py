@@ -26,7 +26,7 @@ PREFIX = "coarse-"
 
 def source_folders(root: Path, patterns: Sequence[str]) -> dict[str, Path]:
     """The ``coarse-<name>/`` folders of ``root`` whose name matches a pattern (shell-style)."""
-    found = [p.name[len(PREFIX):] for p in root.iterdir() if p.name.startswith(PREFIX)]
+    found = [p.name[len(PREFIX) :] for p in root.iterdir() if p.name.startswith(PREFIX)]
     names = {n for pattern in patterns for n in fnmatch.filter(found, pattern)}
     return {n: root / f"{PREFIX}{n}" for n in sorted(names)}
 

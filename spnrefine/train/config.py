@@ -1,0 +1,47 @@
+"""A training run's settings: what `spnrefine train` was asked for, saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from spnrefine.model import ModelConfig
+from spnrefine.train.data import VAL_FRACTION
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str
+    steps: int = 3000
+    val_every: int = 250
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    seed: int = 0
+    split_seed: int | None = None  # the validation split and patches (None: seed)
+    val_fraction: float = VAL_FRACTION
+    val_patches: int = 64
+    val_factor: float = 8.0
+    init: str | None = None  # fine-tune: start from these weights
+    widen_to: tuple[int, ...] | None = None  # fine-tune: widen the init's guidance net first
+    until: int | None = None  # stop after this step (a later --resume goes on)
+    device: str = "cpu"
+    workers: int = 0  # processes that prepare batches ahead of the model (0: in the loop)
+    ema: float = 0.0  # decay of the weight average that is validated and saved (0: off)
+    thin_weight: float = 0.0  # extra loss weight on parts thinner than THIN_WIDTH (0: off)
+    coarse_sources: list[str] = field(default_factory=list)  # coarse-<pattern>/ folders to mix in
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def held_out_seed(self) -> int:
+        return held_out_seed(self.seed, self.split_seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def held_out_seed(seed: int, split_seed: int | None) -> int:
+    """The seed of the validation split and patches: --split-seed, or else --seed."""
+    return seed if split_seed is None else split_seed
