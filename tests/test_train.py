@@ -378,8 +378,8 @@ def test_worker_processes_cut_the_same_batches_in_the_same_order(tmp_path):
     folders = [str(make_folder(tmp_path / "a")), str(make_folder(tmp_path / "b", classes=3))]
     datasets = [load_dataset(d, 0.34, 0) for d in folders]
     steps = dict(seed=5, batch_size=2, tile=32, first=3, last=12)
-    inline = list(batches(datasets, (folders, 0.34, 0), **steps))
-    ahead = list(batches([], (folders, 0.34, 0), **steps, workers=2))
+    inline = list(batches(datasets, (folders, 0.34, 0, ()), **steps))
+    ahead = list(batches([], (folders, 0.34, 0, ()), **steps, workers=2))
     assert len(inline) == len(ahead) == 9
     for one, two in zip(inline, ahead, strict=True):
         assert one.keys() == two.keys()
