@@ -60,7 +60,14 @@ def read_coarse_map(
     if path.suffix.lower() in (".npy", ".npz"):
         coarse = load_coarse(path, image_hw=image_hw)
     else:
-        coarse = load_coarse(path, coarse_type="auto" if binary else "labels")
+        try:
+            coarse = load_coarse(path, coarse_type="auto" if binary else "labels")
+        except SpnrefineError:
+            if not binary:
+                raise
+            # auto refuses a map it cannot judge (one value, no edges); the masks say it is a
+            # foreground map
+            coarse = load_coarse(path, coarse_type="prob")
         if binary and coarse.kind == "labels" and coarse.palette is None:
             # A soft map with few levels looks like class ids to the auto rule; here the
             # masks have said what it is.
