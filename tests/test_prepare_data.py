@@ -286,7 +286,7 @@ def test_missing_snapshot_is_reported_not_fatal(tmp_path, capsys):
     assert prep.main(["cracks", "--mirror", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert "no snapshot" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        prep.main(["bsds"])
+        prep.main(["no-such-set"])
 
 
 def test_splits_keep_groups_together():
