@@ -61,8 +61,8 @@ def test_relative_links_in_docs_and_readme_resolve():
 
 
 def test_docs_and_shipped_files_name_no_folder_outside_a_fresh_clone():
-    # A user's clone has no development-data folder beside it and no /work; the development data is named
-    # $SPNREFINE_DATA where a page needs it.
+    # A user's clone has no development-data folder beside it and no /work; the development
+    # data is named $SPNREFINE_DATA where a page needs it.
     shipped = [REPO / "README.md", *DOCS.glob("*.md"), REPO / "examples" / "README.md"]
     shipped += [*(REPO / "weights").glob("*.json"), *(REPO / "weights").glob("*.md")]
     found = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -385,6 +387,21 @@ def test_worker_processes_cut_the_same_batches_in_the_same_order(tmp_path):
         assert one.keys() == two.keys()
         for key in one:
             assert np.array_equal(one[key], two[key]), key
+
+
+def test_a_worker_that_cannot_load_its_data_stops_the_run_instead_of_hanging(tmp_path):
+    missing = str(tmp_path / "missing")
+    # in a subprocess with a time limit: before the fix the pool respawned the worker forever
+    code = (
+        "from spnrefine.train.prefetch import batches\n"
+        f"list(batches([], ([{missing!r}], 0.34, 0, ()), seed=0, batch_size=2, tile=32,"
+        " first=0, last=2, workers=1))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "missing" in done.stderr
 
 
 def test_training_with_workers_equals_training_without(tmp_path):

@@ -38,14 +38,21 @@ def _init_worker(source: Source, seed: int, batch_size: int, tile: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core's worth of patch cutting per worker
-    folders, val_fraction, split_seed, coarse_sources = source
-    _worker["datasets"] = [
-        load_dataset(d, val_fraction, split_seed, coarse_sources) for d in folders
-    ]
+    # A pool respawns a worker whose initializer raises, forever: keep the error and raise it
+    # from the first batch instead, where the loop sees it.
+    try:
+        folders, val_fraction, split_seed, coarse_sources = source
+        _worker["datasets"] = [
+            load_dataset(d, val_fraction, split_seed, coarse_sources) for d in folders
+        ]
+    except Exception as err:
+        _worker["error"] = err
     _worker["args"] = (seed, batch_size, tile)
 
 
 def _cut(step: int) -> dict[str, np.ndarray]:
+    if "error" in _worker:
+        raise _worker["error"]
     seed, batch_size, tile = _worker["args"]
     return step_batch(_worker["datasets"], seed, batch_size, tile, step)
 
