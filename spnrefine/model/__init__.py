@@ -1,7 +1,30 @@
-"""The learned part of spnrefine: guidance network, class-agnostic refiner, and its config."""
+"""The learned part of spnrefine: guidance network, class-agnostic refiner, and its config.
+
+The torch modules are imported on first use: the config and the torch-free inference path
+(`spnrefine.model.lean`) load without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from spnrefine.model.config import ModelConfig
-from spnrefine.model.guidance import GuidanceNet, coarse_cues
-from spnrefine.model.refiner import SPNRefiner
+
+if TYPE_CHECKING:
+    from spnrefine.model.guidance import GuidanceNet, coarse_cues
+    from spnrefine.model.refiner import SPNRefiner
 
 __all__ = ["GuidanceNet", "ModelConfig", "SPNRefiner", "coarse_cues"]
+_LAZY = {
+    "GuidanceNet": "spnrefine.model.guidance",
+    "coarse_cues": "spnrefine.model.guidance",
+    "SPNRefiner": "spnrefine.model.refiner",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spnrefine.model' has no attribute {name!r}")
