@@ -8,6 +8,7 @@ one model serves a binary mask, a soft foreground map and a 150-class map alike.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,6 +77,17 @@ class SPNRefiner(nn.Module):
         self, image: torch.Tensor, probs: torch.Tensor, backend: str | None = None
     ) -> torch.Tensor:
         return self.propagate_classes(probs, self.gates(image, probs), backend)
+
+    def tile_logits(
+        self, tiles: np.ndarray, probs: np.ndarray, backend: str | None = None
+    ) -> np.ndarray:
+        """A batch of tiles N×3×t×t uint8 RGB and their probabilities (numpy) → logits, on the
+        model's device (the tiler's model call, as `LeanRefiner.tile_logits`)."""
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            image = torch.from_numpy(tiles).to(device).float().div_(255.0)
+            logits = self(image, torch.from_numpy(probs).to(device), backend=backend)
+        return logits.cpu().numpy()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
