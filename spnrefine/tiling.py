@@ -6,18 +6,24 @@ are. In the other tiles only the classes that reach ``1 - confident`` somewhere 
 so a tile of a 150-class map costs what its few present classes cost.
 Tiles go through the model in batches and are accumulated straight into the output, so memory
 holds the output, the input and one batch of gates, whatever the image size.
+
+The model is any function from a batch of tiles (N×3×t×t uint8 RGB, N×k×t×t probabilities) to
+logits N×k×t×t: the torch-free `LeanRefiner` on a CPU, the torch model on a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from spnrefine.model import SPNRefiner
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+
+TileLogits = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Class maps (tiles × classes) per model call: a batch of binary tiles is not cut, while a tile
+# of many classes goes alone (and the model splits its classes further; see LeanRefiner).
+MAX_CLASS_MAPS = 32
 
 
 @dataclass
@@ -64,19 +70,30 @@ def _tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]
             yield y, x
 
 
-@torch.no_grad()
+def softmax_masked(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of N×k×t×t logits, the classes where ``valid`` (N×k) is False left
+    out (probability 0); in place."""
+    logits[~valid] = -1e4
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
+
+
 def refine_tiled(
-    model: SPNRefiner,
+    model: TileLogits,
     image: np.ndarray,
     probs: np.ndarray,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 16,
     confident: float = 0.98,
-    device: torch.device | str = "cpu",
     stats: TileStats | None = None,
 ) -> np.ndarray:
-    """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32."""
+    """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32.
+
+    ``model(tiles, probs)`` gives the logits of a batch of tiles (see the module docstring).
+    """
     if tile % 8 or tile < 16:
         raise ValueError(f"tile size must be a multiple of 8 and at least 16, got {tile}")
     if not 0 <= overlap < tile:
@@ -90,7 +107,6 @@ def refine_tiled(
     window = blend_window(tile, overlap)
     out = np.zeros((c, ph, pw), np.float32)
     weight = np.zeros((ph, pw), np.float32)
-    model = model.to(device).eval()
 
     pending: list[tuple[int, int, np.ndarray]] = []
 
@@ -104,11 +120,7 @@ def refine_tiled(
         for i, (y, x, classes) in enumerate(pending):
             sub[i, : len(classes)] = probs[classes, y : y + tile, x : x + tile]
             mask[i, : len(classes)] = True
-        img_t = torch.from_numpy(img).to(device).float().div_(255.0)
-        sub_t = torch.from_numpy(sub).to(device)
-        logits = model(img_t, sub_t)
-        logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
-        refined = torch.softmax(logits, 1).cpu().numpy()
+        refined = softmax_masked(model(img, sub), mask)
         for i, (y, x, classes) in enumerate(pending):
             out[classes, y : y + tile, x : x + tile] += refined[i, : len(classes)] * window
             weight[y : y + tile, x : x + tile] += window
@@ -123,6 +135,11 @@ def refine_tiled(
             out[:, y : y + tile, x : x + tile] += part * window
             weight[y : y + tile, x : x + tile] += window
             continue
+        # A batch holds every tile's maps at its widest tile's class count: bound the class
+        # maps it holds, so that memory stays bounded whatever the class count.
+        widest = max([len(present), *(len(classes) for _, _, classes in pending)])
+        if pending and (len(pending) + 1) * widest > MAX_CLASS_MAPS:
+            flush()
         pending.append((y, x, present))
         if len(pending) == batch_size:
             flush()

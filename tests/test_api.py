@@ -272,4 +272,4 @@ def test_cuda_without_a_gpu_is_an_error(model_dir: Path):
 
 def test_auto_device_is_the_cpu_without_a_gpu(model_dir: Path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert Refiner.load(model_dir).device.type == expected
+    assert Refiner.load(model_dir).device == expected

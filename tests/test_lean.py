@@ -1,10 +1,13 @@
 """The torch-free inference path (`spnrefine.model.lean`) against the torch model: the same
-logits for the bundled weights and for any weights a user trains and loads."""
+logits for the bundled weights and for any weights a user trains and loads, the same refined
+maps through the tiler and the API, and refining on a CPU without importing torch."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +15,18 @@ import pytest
 import torch
 from torch import nn
 
+from spnrefine.api import Refiner
 from spnrefine.checkpoint import load_lean_model, load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.model.fast import fold_batchnorm
 from spnrefine.model.lean import LeanRefiner
+from spnrefine.tiling import refine_tiled
+from spnrefine.upsample import upsample_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "weights"
+EXAMPLES = ROOT / "examples"
 HAS_BUNDLED = (BUNDLED / "model.safetensors").is_file()
 TOLERANCE = 1e-4
 
@@ -84,6 +91,33 @@ def test_any_saved_weights_load_into_both_paths_alike(config: ModelConfig, tmp_p
     assert np.abs(expected - _torch_logits(SPNRefiner(config).eval(), tiles, probs)).max() > 0.01
 
 
+def test_the_tiler_gives_the_same_map_on_either_path():
+    model = _trained_looking(ModelConfig(widths=(8, 16, 24)))
+    lean = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    probs = rng.random((3, 100, 150), dtype=np.float32) ** 4
+    probs /= probs.sum(0)
+    options = {"tile": 64, "overlap": 8, "batch_size": 3}
+    expected = refine_tiled(model.tile_logits, image, probs, **options)
+    got = refine_tiled(lean.tile_logits, image, probs, **options)
+    assert np.abs(got - expected).max() <= TOLERANCE
+
+
+def test_many_classes_are_refined_in_parts_with_the_same_result(monkeypatch):
+    model = _trained_looking(ModelConfig(widths=(8, 16)))
+    lean = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
+    tiles, probs = _tiles(2, 7, 32)
+    whole = lean.tile_logits(tiles, probs)
+    image = tiles[0].transpose(1, 2, 0).copy()
+    whole_map = refine_tiled(lean.tile_logits, image, probs[0], tile=16, overlap=4)
+    monkeypatch.setattr("spnrefine.model.lean.CLASS_MAPS_PER_PASS", 4)  # 2 classes per pass
+    monkeypatch.setattr("spnrefine.tiling.MAX_CLASS_MAPS", 7)  # one 7-class tile per call
+    np.testing.assert_allclose(lean.tile_logits(tiles, probs), whole, atol=1e-6)
+    parts_map = refine_tiled(lean.tile_logits, image, probs[0], tile=16, overlap=4)
+    np.testing.assert_allclose(parts_map, whole_map, atol=1e-6)
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
     model = SPNRefiner(ModelConfig(widths=(8, 16)))
     state = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -107,3 +141,35 @@ def test_a_pickled_lean_refiner_computes_the_same():
     again = pickle.loads(pickle.dumps(lean))
     np.testing.assert_array_equal(again.tile_logits(tiles, probs), lean.tile_logits(tiles, probs))
     assert again.num_parameters() == model.num_parameters()
+
+
+@pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")
+def test_refining_on_the_cpu_does_not_import_torch(tmp_path: Path):
+    code = (
+        "import sys\n"
+        "from spnrefine import Refiner\n"
+        f"result = Refiner.load(device='cpu').refine({str(EXAMPLES / 'astronaut.jpg')!r}, "
+        f"{str(EXAMPLES / 'astronaut_coarse.png')!r})\n"
+        "assert result.tiles.refined > 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")
+def test_the_api_refines_the_bundled_example_as_the_torch_model_does():
+    torch_model = load_model(BUNDLED)
+    refiner = Refiner.load(BUNDLED, device="cpu")
+    assert isinstance(refiner.model, LeanRefiner)
+    image, coarse = refiner.read_inputs(
+        EXAMPLES / "astronaut.jpg", EXAMPLES / "astronaut_coarse.png"
+    )
+    probs = upsample_probs(coarse.probs, image.shape[:2])
+    got = refiner.refine_probs(image, probs)
+    expected = refine_tiled(fold_batchnorm(torch_model).tile_logits, image, probs)
+    assert np.abs(got - expected).max() <= TOLERANCE
+    # A refiner given the torch model runs the same lean path.
+    given = Refiner(torch_model, device="cpu").refine_probs(image, probs)
+    np.testing.assert_allclose(given, got, atol=1e-6)

@@ -25,6 +25,8 @@ IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32)
 LOG_EPS = 1e-4
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
+# Class maps (tiles × classes) propagated in one pass: about 2.7 MB each for 128×128 tiles.
+CLASS_MAPS_PER_PASS = 32
 
 
 class WeightsMismatch(ValueError):
@@ -298,9 +300,24 @@ class LeanRefiner:
         return one_way
 
     def logits(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """image N×3×H×W float32 in [0, 1], probs N×C×H×W float32 → logits N×C×H×W."""
+        """image N×3×H×W float32 in [0, 1], probs N×C×H×W float32 → logits N×C×H×W.
+
+        Classes are propagated a few at a time (they are independent given the gates), so the
+        memory a call needs does not grow with the class count.
+        """
         probs = np.ascontiguousarray(probs, dtype=np.float32)
         gates = self.gates(np.asarray(image, np.float32), probs)
+        n, c = probs.shape[:2]
+        step = max(1, CLASS_MAPS_PER_PASS // n)
+        if step >= c:
+            return self._class_logits(probs, gates)
+        logits = np.empty(probs.shape, np.float32)
+        for first in range(0, c, step):
+            part = np.ascontiguousarray(probs[:, first : first + step])
+            logits[:, first : first + step] = self._class_logits(part, gates)
+        return logits
+
+    def _class_logits(self, probs: np.ndarray, gates: np.ndarray) -> np.ndarray:
         n, c, h, w = probs.shape
         k = self.config.hidden
         cue = np.empty((n * c, 2, h, w), np.float32)
@@ -309,6 +326,7 @@ class LeanRefiner:
         out = cpu.forward(
             hidden.reshape(n, c * k, h, w), gates, DIRECTIONS, self.config.mode == "three_way"
         )
+        del hidden
         elu = self.config.activation == "elu"
         if self.config.merge == "learned":
             logits = np.empty((n, c, h, w), np.float32)
