@@ -26,7 +26,10 @@ IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32)
 LOG_EPS = 1e-4
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
 # Class maps (tiles × classes) propagated in one pass: about 2.7 MB each for 128×128 tiles.
-CLASS_MAPS_PER_PASS = 32
+CLASS_MAPS_PER_PASS = 16
+# Tiles through the model in one pass: OpenCV holds every layer's output of a call (about
+# 20 MB per 128×128 tile), and the gates take 3 MB per tile.
+TILES_PER_PASS = 4
 
 
 class WeightsMismatch(ValueError):
@@ -279,8 +282,15 @@ class LeanRefiner:
 
     def tile_logits(self, tiles: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """A batch of tiles N×3×t×t uint8 RGB and their probabilities → logits (the tiler's
-        model call)."""
-        return self.logits(tiles.astype(np.float32) / np.float32(255), probs)
+        model call), a few tiles at a time."""
+        image = tiles.astype(np.float32) / np.float32(255)
+        if len(tiles) <= TILES_PER_PASS:
+            return self.logits(image, probs)
+        logits = np.empty(probs.shape, np.float32)
+        for first in range(0, len(tiles), TILES_PER_PASS):
+            part = slice(first, first + TILES_PER_PASS)
+            logits[part] = self.logits(image[part], probs[part])
+        return logits
 
     def gates(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """image N×3×H×W in [0, 1], probs N×C×H×W → normalised gates N×G×4×3×H×W."""
