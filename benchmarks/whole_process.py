@@ -3,6 +3,8 @@
     python benchmarks/whole_process.py [--davis DIR] [--repeats 3] [--batch-repeats 1]
                                        [--sizes 854x480,1920x1080,4096x3072] [--skip-first-run]
 
+DIR defaults to $SPNREFINE_DATA/davis, else shared/data/davis beside the checkout.
+
 Every number is a whole process, started the way a user starts it, on real DAVIS frames
 (854×480, and the same frames upscaled bicubically to 1920×1080 and 4096×3072; coarse masks:
 the ground truth area-shrunk ×8 and thresholded, 0/255). Rows:
@@ -38,10 +40,15 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-# shared/data/davis beside the checkout (or beside a folder holding it, as for worktrees).
-DEFAULT_DAVIS = next(
-    (p / "shared" / "data" / "davis" for p in HERE.parents[1:] if (p / "shared" / "data").is_dir()),
-    HERE.parents[1] / "shared" / "data" / "davis",
+# $SPNREFINE_DATA/davis (the development data), else shared/data/davis beside the checkout or
+# beside a folder holding it (as for worktrees).
+DEFAULT_DAVIS = (
+    Path(os.environ["SPNREFINE_DATA"]) / "davis"
+    if os.environ.get("SPNREFINE_DATA")
+    else next(
+        (p / "shared/data/davis" for p in HERE.parents[1:] if (p / "shared/data").is_dir()),
+        HERE.parents[1] / "shared/data/davis",
+    )
 )
 SIZES = ((854, 480), (1920, 1080), (4096, 3072))
 FRAMES = 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -32,7 +32,6 @@ from spnrefine.io.outputs import (
     overlay_format,
     write_output,
 )
-from spnrefine.model import SPNRefiner
 from spnrefine.predictor import (
     METHODS,
     Device,
@@ -42,7 +41,12 @@ from spnrefine.predictor import (
     check_method,
     pick_device,
 )
+from spnrefine.settings import check_settings
 from spnrefine.upsample import check_class_pixels, check_coarse_size
+
+if TYPE_CHECKING:
+    from spnrefine.model import SPNRefiner
+    from spnrefine.model.lean import LeanRefiner
 
 __all__ = [
     "METHODS",
@@ -67,14 +71,13 @@ class Refiner(Predictor):
 
     def __init__(
         self,
-        model: SPNRefiner | None,
+        model: SPNRefiner | LeanRefiner | None,
         *,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         **settings: Any,
     ):
         super().__init__(model, **settings)
-        if max_pixels < 1:
-            raise SpnrefineError(f"--max-pixels {max_pixels}: must be at least 1")
+        check_settings(max_pixels=max_pixels)
         self.max_pixels = max_pixels
 
     @classmethod
@@ -84,6 +87,7 @@ class Refiner(Predictor):
         """Load weights (see `spnrefine.weights.resolve_weights`; None = the default) and build
         the refiner with `settings`, the constructor's keywords. A baseline `method` needs no
         weights: none are loaded, and `weights` is not read."""
+        check_settings(max_pixels=settings.get("max_pixels", DEFAULT_MAX_PIXELS))
         return super().load(weights, method=method, **settings)
 
     def refine(

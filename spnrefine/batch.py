@@ -24,8 +24,8 @@ from rich.progress import (
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import write_atomic
-from spnrefine.io.images import read_source
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
+from spnrefine.io.sources import read_source
 from spnrefine.pair import Pair, PairOptions, PairReport, is_uri, refine_pair
 from spnrefine.resume import Resume
 

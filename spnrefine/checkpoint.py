@@ -1,17 +1,26 @@
-"""A model on disk: ``model.safetensors`` + ``config.json`` side by side, checksummed."""
+"""A model on disk: ``model.safetensors`` + ``config.json`` side by side, checksummed.
+
+Reading gives numpy arrays (no torch needed to refine on a CPU); torch is imported by the
+functions that build or save the torch model.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io.write import write_atomic
-from spnrefine.model import ModelConfig, SPNRefiner, build_model
+from spnrefine.model.architectures import build_lean, check_architecture
+from spnrefine.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from spnrefine.model import SPNRefiner
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -29,6 +38,8 @@ def sha256_file(path: str | Path) -> str:
 
 def save_model(model: SPNRefiner, folder: str | Path) -> Path:
     """Write the model's weights and config into ``folder`` (created if needed)."""
+    from safetensors.torch import save
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -41,12 +52,10 @@ def save_model(model: SPNRefiner, folder: str | Path) -> Path:
     return folder
 
 
-def load_model(path: str | Path) -> SPNRefiner:
-    """Load a model from a folder holding both files, or from a ``.safetensors`` file.
-
-    A lone ``.safetensors`` file must have its ``config.json`` beside it. The checksum in the
-    config is verified, and every tensor must match the architecture the config describes.
-    """
+def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """The config and the tensors (numpy) of a folder holding both files, or of a
+    ``.safetensors`` file with its ``config.json`` beside it; the checksum in the config is
+    verified."""
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     config_path = weights.parent / CONFIG_FILE
@@ -60,20 +69,54 @@ def load_model(path: str | Path) -> SPNRefiner:
         data = json.loads(config_path.read_text())
         expected = data.pop(CHECKSUM_KEY, None)
         config = ModelConfig.from_dict(data)
-        model = build_model(config)
+        check_architecture(config)
     except (ValueError, TypeError) as err:
         raise SpnrefineError(f"invalid model config: {err}", config_path) from None
     if expected is not None and sha256_file(weights) != expected:
         raise SpnrefineError("weights fail their checksum (file corrupt or replaced)", weights)
+    from safetensors.numpy import load_file
+
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise SpnrefineError(f"unreadable safetensors file: {err}", weights) from None
+    return config, state
+
+
+def load_model(path: str | Path) -> SPNRefiner:
+    """Load the torch model (of the architecture config.json names) from a folder holding both
+    files, or from a ``.safetensors`` file.
+
+    A lone ``.safetensors`` file must have its ``config.json`` beside it. The checksum in the
+    config is verified, and every tensor must match the architecture the config describes.
+    """
+    import torch
+
+    from spnrefine.model.architectures import build_model
+
+    config, state = read_checkpoint(path)
+    weights = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
+    model = build_model(config)
     problem = _mismatch(model, state)
     if problem:
         raise SpnrefineError(f"weights do not match config.json: {problem}", weights)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     return model.eval()
+
+
+def load_lean_model(path: str | Path):
+    """The torch-free inference model (`spnrefine.model.architectures.build_lean`, e.g.
+    `spnrefine.model.lean.LeanRefiner`) of the same files, with the same checks; the torch
+    model where the architecture has no torch-free twin."""
+    from spnrefine.model.lean import WeightsMismatch
+
+    config, state = read_checkpoint(path)
+    weights = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
+    try:
+        lean = build_lean(config, state)
+    except WeightsMismatch as err:
+        raise SpnrefineError(f"weights do not match config.json: {err}", weights) from None
+    return lean if lean is not None else load_model(path)
 
 
 def _mismatch(model: SPNRefiner, state: dict) -> str | None:

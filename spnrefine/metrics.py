@@ -8,7 +8,8 @@ import math
 import cv2
 import numpy as np
 
-DEFAULT_TOLERANCE_PX = 2.0
+from spnrefine.settings import DEFAULT_TOLERANCE_PX
+
 """Boundary F tolerance. Fixed in pixels rather than DAVIS's 0.008 × diagonal (8 px at 854×480):
 refiners differ by a few pixels, and 8 px lets a ×8 bilinear upsample score nearly perfectly."""
 

@@ -6,13 +6,13 @@ spnrefine.io.outputs."""
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError
@@ -26,12 +26,14 @@ from spnrefine.io.outputs import (
     overlay_format,
 )
 from spnrefine.labels import present_classes, restrict_classes, to_labels
-from spnrefine.model import SPNRefiner
-from spnrefine.model.fast import fold_batchnorm
-from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
 from spnrefine.tiling import TileStats, refine_tiled
 from spnrefine.upsample import upsample_ignore, upsample_probs
 from spnrefine.weights import WeightsInfo, load_weights
+
+if TYPE_CHECKING:
+    from spnrefine.model import SPNRefiner
+    from spnrefine.model.lean import LeanRefiner
 
 Device = Literal["auto", "cpu", "cuda"] | str
 Method = str  # "spn" (the model) or the name of a baseline in spnrefine.baselines.BASELINES
@@ -102,7 +104,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: SPNRefiner | None,
+        model: SPNRefiner | LeanRefiner | None,
         *,
         method: Method = "spn",
         info: WeightsInfo | None = None,
@@ -116,15 +118,13 @@ class Predictor:
         check_method(method)
         if method == "spn" and model is None:
             raise ValueError("method 'spn' needs a model")
-        multiple = max(8, model.tile_multiple) if model is not None else 8
-        if tile < 16 or tile % multiple:
-            raise SpnrefineError(f"--tile {tile}: must be a multiple of {multiple}, at least 16")
-        if not 0 <= overlap < tile:
-            raise SpnrefineError(f"--overlap {overlap}: must be at least 0 and below --tile")
-        if batch_size < 1:
-            raise SpnrefineError(f"batch size {batch_size}: must be at least 1")
-        if not 0.5 < confident <= 1.0:
-            raise SpnrefineError(f"confident {confident}: must be in (0.5, 1]")
+        check_settings(
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            confident=confident,
+            depth_factor=model.tile_multiple if model is not None else 1,
+        )
         self.method = method
         self.device = pick_device(device)
         self._place(model)
@@ -139,8 +139,14 @@ class Predictor:
         the predictor with `settings` (the keywords of the constructor). A baseline `method`
         needs no weights: none are loaded, and `weights` is not read."""
         check_method(method)
-        model, info = load_weights(weights) if method == "spn" else (None, None)
-        return cls(model, method=method, info=info, **settings)
+        # The settings and the device first: a mistyped option fails before the weights load.
+        check_settings(**{k: v for k, v in settings.items() if k in _TILING})
+        device = pick_device(settings.pop("device", "auto"))
+        if method == "spn":
+            model, info = load_weights(weights, lean=device == "cpu")
+        else:
+            model, info = None, None
+        return cls(model, method=method, info=info, device=device, **settings)
 
     def predict(self, image_rgb: np.ndarray, coarse: CoarseMap) -> RefineResult:
         """Refine a decoded coarse map against an H×W×3 uint8 RGB image of any size the map
@@ -178,15 +184,15 @@ class Predictor:
         if self.method != "spn":
             return BASELINES[self.method](image_rgb, probs)
         refined = refine_tiled(
-            self._inference_model,
+            self._tile_logits,
             image_rgb,
             probs,
             tile=self.tile,
             overlap=self.overlap,
             batch_size=self.batch_size,
             confident=self.confident,
-            device=self.device,
             stats=stats,
+            multiple=self.model.tile_multiple,
         )
         return do_no_harm(probs, refined) if self.guard else refined
 
@@ -198,11 +204,34 @@ class Predictor:
         moved._place(copy.deepcopy(self.model))
         return moved
 
-    def _place(self, model: SPNRefiner | None) -> None:
-        """Put ``model`` on this refiner's device, with the copy that runs: the same function
-        with batch norms folded into their convolutions."""
-        self.model = model.to(self.device).eval() if model is not None else None
-        self._inference_model = fold_batchnorm(self.model) if model is not None else None
+    def _place(self, model: SPNRefiner | LeanRefiner | None) -> None:
+        """Put ``model`` on this predictor's device, with the function that runs the tiles: the
+        torch-free `LeanRefiner` on the CPU; on a GPU the torch model with batch norms folded
+        into their convolutions."""
+        from spnrefine.model.architectures import build_lean
+
+        self.model, self._tile_logits = model, None
+        if model is None:
+            return
+        torch_model = hasattr(model, "state_dict")  # else a torch-free model (build_lean)
+        if self.device == "cpu":
+            if torch_model:
+                self.model = model.eval()
+                state = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+                # The architecture's torch-free twin where the registry has one.
+                model = build_lean(model.config, state)
+                if model is None:
+                    from spnrefine.model.fast import fold_batchnorm
+
+                    model = fold_batchnorm(self.model)
+            self._tile_logits = model.tile_logits
+            return
+        from spnrefine.model.fast import fold_batchnorm
+
+        if not torch_model:
+            model = model.to_torch()
+        self.model = model.to(self.device).eval()
+        self._tile_logits = fold_batchnorm(self.model).tile_logits
 
 
 def check_method(method: str) -> None:
@@ -215,18 +244,38 @@ def check_method(method: str) -> None:
         check_baseline(method)
 
 
-def pick_device(device: Device) -> torch.device:
-    """`auto` is the GPU when torch sees one (the propagation engine then runs its CUDA
-    kernel), else the CPU."""
+_TILING = ("tile", "overlap", "batch_size", "confident")
+
+
+def pick_device(device: Device) -> str:
+    """`cpu`, or a CUDA device name. `auto` is the GPU when torch sees one (the model and the
+    propagation engine then run on it), else the CPU. Torch is imported only to look for a GPU
+    where an NVIDIA driver is installed, so refining on a CPU never loads it."""
+    device = str(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if _nvidia_driver() and _torch_cuda() else "cpu"
     if device == "cpu":
-        return torch.device("cpu")
-    if str(device).startswith("cuda"):
-        if not torch.cuda.is_available():
+        return "cpu"
+    if device.startswith("cuda"):
+        if not _torch_cuda():
             raise SpnrefineError(f"--device {device}: no CUDA GPU is available")
-        return torch.device(device)
+        return device
     raise SpnrefineError(f"--device {device}: expected auto, cpu or cuda")
+
+
+def _nvidia_driver() -> bool:
+    markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")
+    return any(os.path.exists(marker) for marker in markers)
+
+
+def _torch_cuda() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _present_ids(labels: np.ndarray) -> list[int]:

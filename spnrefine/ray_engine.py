@@ -329,7 +329,7 @@ def _stream(
             RefineWorker,
             fn_constructor_kwargs={
                 # Shipped from the CPU: a CUDA tensor cannot be unpickled on a CPU worker.
-                "refiner": refiner if refiner.device.type == "cpu" else refiner.to("cpu"),
+                "refiner": refiner if refiner.device == "cpu" else refiner.to("cpu"),
                 "options": options,
                 "device": "cuda" if gpus > 0 else "cpu",
                 "threads": max(1, int(ray_options.cpus_per_worker)),
@@ -403,13 +403,17 @@ class RefineWorker:
     """One model replica in the actor pool: built once per worker, then fed pair batches."""
 
     def __init__(self, refiner: Refiner, options: PairOptions, device: str, threads: int):
+        import cv2
         import numba
-        import torch
 
-        # Ray gives the worker `threads` CPUs; more threads (torch's or the numba kernels')
-        # would fight the other workers for the same cores.
-        torch.set_num_threads(threads)
+        # Ray gives the worker `threads` CPUs; more threads (OpenCV's, torch's or the numba
+        # kernels') would fight the other workers for the same cores.
+        cv2.setNumThreads(threads)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        if device != "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
         self.refiner = refiner.to(device)
         self.options = options
 

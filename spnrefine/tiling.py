@@ -6,20 +6,25 @@ are. In the other tiles only the classes that reach ``1 - confident`` somewhere 
 so a tile of a 150-class map costs what its few present classes cost.
 Tiles go through the model in batches and are accumulated straight into the output, so memory
 holds the output, the input and one batch of gates, whatever the image size.
+
+The model is any function from a batch of tiles (N×3×t×t uint8 RGB, N×k×t×t probabilities) to
+logits N×k×t×t: the torch-free `LeanRefiner` on a CPU, the torch model on a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from spnrefine.model import SPNRefiner
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 
-# Class maps propagated per model call, summed over the batch's tiles (16 tiles × 4 classes).
+TileLogits = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Class maps (tiles × classes) per model call, summed over the batch's tiles (16 tiles × 4
+# classes): a batch of binary tiles is not cut, while a tile of many classes goes alone, and the
+# model propagates its classes a few at a time (SPNRefiner.tile_logits: gates once, then at most
+# this many class maps per propagation; LeanRefiner in passes of its own).
 CLASS_TILES_PER_CALL = 64
 
 
@@ -75,25 +80,39 @@ def _tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]
             yield y, x
 
 
-@torch.no_grad()
+def softmax_masked(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of N×k×t×t logits, the classes where ``valid`` (N×k) is False left
+    out (probability 0); in place."""
+    logits[~valid] = -1e4
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
+
+
 def refine_tiled(
-    model: SPNRefiner,
+    model: TileLogits,
     image: np.ndarray,
     probs: np.ndarray,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 16,
     confident: float = 0.98,
-    device: torch.device | str = "cpu",
     stats: TileStats | None = None,
+    multiple: int = 8,
 ) -> np.ndarray:
-    """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32."""
+    """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32.
+
+    ``model(tiles, probs)`` gives the logits of a batch of tiles (see the module docstring);
+    ``multiple`` is what tile sides must divide by for it (the model's ``tile_multiple``), which
+    a tile shrunk to a small image keeps.
+    """
     if tile % 8 or tile < 16:
         raise ValueError(f"tile size must be a multiple of 8 and at least 16, got {tile}")
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap}")
     c, h, w = probs.shape
-    tile = fit_tile(tile, h, w, max(8, 2 ** (len(model.config.widths) - 1)))
+    tile = fit_tile(tile, h, w, max(8, multiple))
     stats = stats if stats is not None else TileStats()
     # Images smaller than a tile are padded up to one (and cropped back at the end).
     ph, pw = max(h, tile), max(w, tile)
@@ -102,7 +121,6 @@ def refine_tiled(
     window = blend_window(tile, overlap)
     out = np.zeros((c, ph, pw), np.float32)
     weight = np.zeros((ph, pw), np.float32)
-    model = model.to(device).eval()
 
     pending: list[tuple[int, int, np.ndarray]] = []
 
@@ -116,21 +134,7 @@ def refine_tiled(
         for i, (y, x, classes) in enumerate(pending):
             sub[i, : len(classes)] = probs[classes, y : y + tile, x : x + tile]
             mask[i, : len(classes)] = True
-        img_t = torch.from_numpy(img).to(device).float().div_(255.0)
-        sub_t = torch.from_numpy(sub).to(device)
-        # Classes are independent given the gates: propagating a few at a time keeps a
-        # 150-class tile's memory near a two-class batch's.
-        gates = model.gates(img_t, sub_t)
-        step = max(1, CLASS_TILES_PER_CALL // len(pending))
-        logits = torch.cat(
-            [
-                model.propagate_classes(sub_t[:, s : s + step], gates)
-                for s in range(0, k, step)
-            ],
-            1,
-        )
-        logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
-        refined = torch.softmax(logits, 1).cpu().numpy()
+        refined = softmax_masked(model(img, sub), mask)
         for i, (y, x, classes) in enumerate(pending):
             out[classes, y : y + tile, x : x + tile] += refined[i, : len(classes)] * window
             weight[y : y + tile, x : x + tile] += window
@@ -145,6 +149,11 @@ def refine_tiled(
             out[:, y : y + tile, x : x + tile] += part * window
             weight[y : y + tile, x : x + tile] += window
             continue
+        # A batch holds every tile's maps at its widest tile's class count: bound the class
+        # maps it holds, so that memory stays bounded whatever the class count.
+        widest = max([len(present), *(len(classes) for _, _, classes in pending)])
+        if pending and (len(pending) + 1) * widest > CLASS_TILES_PER_CALL:
+            flush()
         pending.append((y, x, present))
         if len(pending) == batch_size:
             flush()

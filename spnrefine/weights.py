@@ -9,16 +9,21 @@ import sys
 import sysconfig
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spnrefine.checkpoint import (
     CHECKSUM_KEY,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    load_lean_model,
     load_model,
     sha256_file,
 )
 from spnrefine.errors import SpnrefineError
-from spnrefine.model import SPNRefiner
+
+if TYPE_CHECKING:
+    from spnrefine.model import SPNRefiner
+    from spnrefine.model.lean import LeanRefiner
 
 ENV_VAR = "SPNREFINE_WEIGHTS"
 HUB_PREFIX = "hf-hub:"
@@ -132,10 +137,15 @@ def _from_hub(spec: str) -> WeightsSource:
     return WeightsSource(spec, path, "hf-hub", revision=path.name)
 
 
-def load_weights(spec: str | Path | None = None) -> tuple[SPNRefiner, WeightsInfo]:
-    """Resolve `spec`, load the model (checksum and architecture checked) and describe it."""
+def load_weights(
+    spec: str | Path | None = None, *, lean: bool = False
+) -> tuple[SPNRefiner | LeanRefiner, WeightsInfo]:
+    """Resolve `spec`, load the model (checksum and architecture checked) and describe it.
+
+    `lean`: the torch-free inference model (`spnrefine.model.lean`) instead of the torch one.
+    """
     where = resolve_weights(spec)
-    model = load_model(where.path)
+    model = load_lean_model(where.path) if lean else load_model(where.path)
     weights = where.path / WEIGHTS_FILE if where.path.is_dir() else where.path
     config = json.loads((weights.parent / CONFIG_FILE).read_text())
     config.pop(CHECKSUM_KEY, None)

@@ -5,34 +5,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from spnrefine.model import ModelConfig
 from spnrefine.tiling import TileStats, blend_window, refine_tiled, tile_starts
 
 
-class EchoModel(torch.nn.Module):
+class EchoModel:
     """Returns the log of the probabilities it is given, so a softmax gives them back: tiling
     must then reproduce its input. Records each call's batch size."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.batches: list[int] = []
 
-    config = ModelConfig(widths=(8, 16))  # the tiler reads the stride tiles must keep
-
-    def gates(self, image: torch.Tensor, probs: torch.Tensor) -> None:
-        assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
-        self.batches.append(image.shape[0])
-
-    def propagate_classes(self, probs: torch.Tensor, gates: None) -> torch.Tensor:
-        return torch.log(probs.clamp_min(1e-12))
+    def __call__(self, tiles: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        assert tiles.dtype == np.uint8 and tiles.shape[:1] + tiles.shape[2:] == (
+            probs.shape[:1] + probs.shape[2:]
+        )
+        self.batches.append(tiles.shape[0])
+        return np.log(np.maximum(probs, 1e-12))
 
 
-class NeverCalled(torch.nn.Module):
-    config = ModelConfig(widths=(8, 16))
-
-    def gates(self, image: torch.Tensor, probs: torch.Tensor) -> None:
+class NeverCalled:
+    def __call__(self, tiles: np.ndarray, probs: np.ndarray) -> np.ndarray:
         raise AssertionError("a confident tile went through the model")
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from spnrefine.baselines.crf import MISSING as CRF_MISSING
 from spnrefine.baselines.crf import crf_available
 from spnrefine.errors import SpnrefineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from spnrefine.errors import SpnrefineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # DeepLab's kernel parameters: bilateral w=4, θα=67 px, θβ=3 (DeepLab v2 ResNet-101, VOC),
 # Gaussian w=3, θγ=3 px (DeepLab v1 / v2-LargeFOV). DeepLab ran 10 mean-field iterations;
@@ -47,6 +50,8 @@ def refine_crf(
         import pydensecrf.densecrf as dcrf
     except ImportError as exc:
         raise SpnrefineError(f"dense CRF {MISSING}") from exc
+    import numpy as np
+
     image = np.asarray(image)
     probs = np.asarray(probs, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

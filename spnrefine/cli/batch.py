@@ -102,14 +102,15 @@ def batch(
     time) and settings, as the output folder's .spnrefine-manifest.jsonl records; other
     outputs of ours are redone, and a file the batch did not write is never replaced without
     --overwrite. No two pairs may share an output, and no output may be an input."""
-    from spnrefine.api import check_method
-    from spnrefine.batch import collect_pairs
-    from spnrefine.io.outputs import check_bits
-    from spnrefine.ray_engine import engine_options
-    from spnrefine.runner import prepare_outputs, run_pairs
-
     console = stderr_console(quiet)
     try:
+        settings.check()  # before anything heavy is imported
+        from spnrefine.api import check_method
+        from spnrefine.batch import collect_pairs
+        from spnrefine.io.outputs import check_bits
+        from spnrefine.ray_engine import engine_options
+        from spnrefine.runner import prepare_outputs, run_pairs
+
         check_method(settings.method)  # before the output folder is made
         check_bits(settings.bits, settings.soft)
         ray_options = engine_options(

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from spnrefine.baselines import BASELINES
 from spnrefine.cli.common import (
@@ -22,6 +19,9 @@ from spnrefine.cli.common import (
     stdout_console,
 )
 from spnrefine.errors import SpnrefineError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @app.command(
@@ -58,6 +58,8 @@ def bench(
     to 512x512, numba CUDA with a GPU) and end-to-end refinement (decode, refine, encode) by the
     model and by the baselines (bilinear, guided, crf when pydensecrf is installed), on
     generated images with a coarse mask at 1/8. No data sets or network needed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from spnrefine.bench import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, run_bench
 
     console = stderr_console(quiet)
@@ -89,6 +91,9 @@ def bench(
 
 
 def _table(data: dict) -> Table:
+    from rich import box
+    from rich.table import Table
+
     """One row per case: time (median), peak memory, and end-to-end time over each baseline's."""
     machine = data["machine"]
     results = data["results"]

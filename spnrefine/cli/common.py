@@ -16,8 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from spnrefine.baselines import BASELINES, describe_baselines
-from spnrefine.io.images import DEFAULT_MAX_PIXELS
-from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+from spnrefine.settings import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    check_settings,
+)
 
 if TYPE_CHECKING:
     from spnrefine.api import Refiner
@@ -224,7 +228,17 @@ class RefineSettings:
     overwrite: OverwriteOption = False
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS
 
+    def check(self) -> None:
+        """Refuse impossible tiling settings without importing the API (it is slow to import)."""
+        check_settings(
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            max_pixels=self.max_pixels,
+        )
+
     def load_refiner(self) -> Refiner:
+        self.check()
         from spnrefine.api import Refiner
 
         return Refiner.load(

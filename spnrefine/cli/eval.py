@@ -6,12 +6,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import track
-from rich.table import Table
 
 from spnrefine.cli.common import (
     QuietOption,
@@ -23,7 +21,10 @@ from spnrefine.cli.common import (
     stdout_console,
 )
 from spnrefine.errors import SpnrefineError
-from spnrefine.metrics import DEFAULT_TOLERANCE_PX
+from spnrefine.settings import DEFAULT_TOLERANCE_PX
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @app.command(
@@ -113,6 +114,8 @@ def eval_(
         if csv_out not in (None, "-"):
             inputs = [p for pair in pairing.pairs for p in (pair.pred, pair.gt, pair.coarse)]
             check_output(csv_out, inputs, overwrite=True)
+        from rich.progress import track
+
         pairs = track(
             pairing.pairs, description="scoring", console=console, disable=quiet, transient=True
         )
@@ -153,6 +156,8 @@ def eval_(
 
 
 def _table(summary: dict) -> Table:
+    from rich.table import Table
+
     """Metrics as rows; the predictions' scores, and with coarse maps theirs and the gain."""
     with_coarse = "coarse" in summary
     mode = summary["mode"]

@@ -60,21 +60,29 @@ def refine(
     json_out: JsonOption = False,
 ) -> None:
     """Refine one coarse map against its image and write the result."""
-    from spnrefine.io.outputs import check_bits, check_outputs, default_output
-    from spnrefine.pair import Pair, refine_pair
+    from spnrefine.io.sources import check_readable
 
     console = stderr_console(quiet)
     try:
-        check_bits(settings.bits, settings.soft)
         if json_out and out == "-":
             raise SpnrefineError("--json and -o - both write to stdout; use one of them")
+        if out is None and image == "-":
+            raise SpnrefineError("with the image on stdin, name the output with -o")
+        # Options, inputs and outputs are checked before anything heavy loads (numpy, the
+        # weights), so a mistyped name or option fails at once.
+        settings.check()
+        for source in (image, coarse):
+            if source != "-" and "://" not in source:
+                check_readable(source)
+        from spnrefine.io.outputs import check_bits, check_outputs, default_output
+        from spnrefine.pair import Pair, refine_pair
+
+        check_bits(settings.bits, settings.soft)
+
         if out is not None:
             pair = Pair(image, coarse, out)
-        elif image == "-":
-            raise SpnrefineError("with the image on stdin, name the output with -o")
         else:
             pair = Pair(image, coarse, default_output(image), name_out=True)
-        # Outputs are checked before the weights load, so a mistyped -o fails at once.
         check_outputs(
             pair.out,
             overlay,

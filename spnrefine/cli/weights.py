@@ -26,7 +26,7 @@ def weights(
     from spnrefine.weights import load_weights
 
     try:
-        _, info = load_weights(weights)
+        _, info = load_weights(weights, lean=True)
     except SpnrefineError as err:
         raise fail(err) from None
     data = info.to_dict()

@@ -1,18 +1,28 @@
-"""Reading images and coarse maps into arrays, and writing results back to files."""
+"""Reading images and coarse maps into arrays, and writing results back to files.
 
-from spnrefine.io.coarse import CoarseMap, CoarseType, load_coarse
-from spnrefine.io.images import DEFAULT_MAX_PIXELS, load_image, load_label_ids
-from spnrefine.io.write import (
-    check_output,
-    default_palette,
-    encode_label_png,
-    encode_mask_png,
-    encode_npy,
-    encode_overlay,
-    encode_prob_png,
-    refuse_overwrite_input,
-    write_atomic,
-)
+The names below are imported on first use, so that a light module here (`sources`) loads
+without numpy, PIL or OpenCV.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spnrefine.io.coarse import CoarseMap, CoarseType, load_coarse
+    from spnrefine.io.images import DEFAULT_MAX_PIXELS, load_image, load_label_ids
+    from spnrefine.io.write import (
+        check_output,
+        default_palette,
+        encode_label_png,
+        encode_mask_png,
+        encode_npy,
+        encode_overlay,
+        encode_prob_png,
+        refuse_overwrite_input,
+        write_atomic,
+    )
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -31,3 +41,26 @@ __all__ = [
     "refuse_overwrite_input",
     "write_atomic",
 ]
+_HOMES = {
+    "DEFAULT_MAX_PIXELS": "spnrefine.settings",
+    "CoarseMap": "spnrefine.io.coarse",
+    "CoarseType": "spnrefine.io.coarse",
+    "check_output": "spnrefine.io.write",
+    "default_palette": "spnrefine.io.write",
+    "encode_label_png": "spnrefine.io.write",
+    "encode_mask_png": "spnrefine.io.write",
+    "encode_npy": "spnrefine.io.write",
+    "encode_overlay": "spnrefine.io.write",
+    "encode_prob_png": "spnrefine.io.write",
+    "load_coarse": "spnrefine.io.coarse",
+    "load_image": "spnrefine.io.images",
+    "load_label_ids": "spnrefine.io.images",
+    "refuse_overwrite_input": "spnrefine.io.write",
+    "write_atomic": "spnrefine.io.write",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'spnrefine.io' has no attribute {name!r}")

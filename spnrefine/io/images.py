@@ -5,44 +5,19 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from spnrefine.errors import SpnrefineError
+from spnrefine.io.sources import Source, read_source
+from spnrefine.settings import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 100_000_000
-STDIN_NAME = "<stdin>"
 _NOT_AN_IMAGE = "not an image, or an image format that is not supported"
-
-Source = str | Path | bytes
 
 # PIL's own bomb guard is a process-wide setting; ours replaces it while a file is opened,
 # so the lock keeps two of our threads from restoring each other's value.
 _PIL_LIMIT_LOCK = threading.Lock()
-
-
-def read_source(source: Source, name: str | None = None) -> tuple[bytes, str]:
-    """Return the bytes of `source` (a path, or bytes already read from stdin) and the name
-    to report in errors."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        data, shown = bytes(source), name or STDIN_NAME
-    else:
-        shown = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise SpnrefineError("file not found", shown) from None
-        except IsADirectoryError:
-            raise SpnrefineError("is a folder, not a file", shown) from None
-        except PermissionError:
-            raise SpnrefineError("cannot read the file: permission denied", shown) from None
-        except OSError as e:
-            raise SpnrefineError(f"cannot read the file: {e.strerror or e}", shown) from None
-    if not data:
-        raise SpnrefineError("empty file", shown)
-    return data, shown
 
 
 def decode_pil(

@@ -2,8 +2,9 @@
 
 On a CPU the refiner's time outside the convolutions goes to memory traffic: the per-class
 tail (merge of the four directions, readout MLP) runs a handful of tiny 1×1 convolutions that
-each stream the whole hidden tensor. The kernel here does it in one pass per pixel (the gate
-normalisation's one-pass kernel sits beside its torch twin in propagation/normalize.py). The
+each stream the whole hidden tensor. The kernel (model/kernels.py, shared with the torch-free
+`LeanRefiner`) does it in one pass per pixel (the gate normalisation's one-pass kernel is
+wrapped beside its torch twin in propagation/normalize.py). The
 fast paths run only when no gradient is needed (training keeps the torch modules, which
 autograd understands), and the tests check them against the torch path.
 """
@@ -11,13 +12,13 @@ autograd understands), and the tests check them against the torch path.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
-from numba import njit, prange
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from spnrefine.model.kernels import tail
 
 
 def cpu_inference(t: torch.Tensor) -> bool:
@@ -25,55 +26,6 @@ def cpu_inference(t: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
 
 
-@njit(inline="always")
-def _act(v, elu):
-    if v > 0.0:
-        return v
-    return math.expm1(v) if elu else 0.0
-
-
-@njit(parallel=True, cache=True)
-def _tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, elu, logits):
-    """Per class and pixel: act(merge of the four directions) → readout MLP → one logit.
-
-    out: B×D×(C·k)×H×W propagated channels; cue: (B·C)×2×H×W; merge_w: k×(D·k) with input
-    index d·k + j; w1: R×(k+2); w2: R; logits: B×C×H×W. One work item is one row of one class;
-    the pixels of the row are the (vectorised) inner loop.
-    """
-    b_n, d_n, ck, h, w = out.shape
-    k = merge_w.shape[0]
-    c_n = ck // k
-    r_n = w1.shape[0]
-    for item in prange(b_n * c_n * h):
-        b = item // (c_n * h)
-        c = (item // h) % c_n
-        y = item % h
-        merged = np.empty((k + 2, w), np.float32)
-        hidden = np.empty(w, np.float32)
-        row = logits[b, c, y]
-        for o in range(k):
-            acc = merged[o]
-            acc[:] = merge_b[o]
-            for d in range(d_n):
-                for j in range(k):
-                    weight = merge_w[o, d * k + j]
-                    src = out[b, d, c * k + j, y]
-                    for x in range(w):
-                        acc[x] += weight * src[x]
-            for x in range(w):
-                acc[x] = _act(acc[x], elu)
-        merged[k] = cue[b * c_n + c, 0, y]
-        merged[k + 1] = cue[b * c_n + c, 1, y]
-        row[:] = b2
-        for r in range(r_n):
-            hidden[:] = b1[r]
-            for i in range(k + 2):
-                weight = w1[r, i]
-                src = merged[i]
-                for x in range(w):
-                    hidden[x] += weight * src[x]
-            for x in range(w):
-                row[x] += w2[r] * _act(hidden[x], elu)
 
 
 def fused_tail(
@@ -92,7 +44,7 @@ def fused_tail(
         return np.ascontiguousarray(t.detach().float().numpy())
 
     logits = np.empty((b, ck // k, h, w), np.float32)
-    _tail(
+    tail(
         arr(out),
         arr(cue),
         arr(merge.weight.view(k, d * k)),

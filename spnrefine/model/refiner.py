@@ -8,6 +8,7 @@ one model serves a binary mask, a soft foreground map and a 150-class map alike.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,6 +82,30 @@ class SPNRefiner(nn.Module):
         self, image: torch.Tensor, probs: torch.Tensor, backend: str | None = None
     ) -> torch.Tensor:
         return self.propagate_classes(probs, self.gates(image, probs), backend)
+
+    def tile_logits(
+        self, tiles: np.ndarray, probs: np.ndarray, backend: str | None = None
+    ) -> np.ndarray:
+        """A batch of tiles N×3×t×t uint8 RGB and their probabilities (numpy) → logits, on the
+        model's device (the tiler's model call, as `LeanRefiner.tile_logits`)."""
+        from spnrefine import tiling
+
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            image = torch.from_numpy(tiles).to(device).float().div_(255.0)
+            probs_t = torch.from_numpy(probs).to(device)
+            # Classes are independent given the gates: the gates once per batch, then a few
+            # classes at a time keep a 150-class tile's memory near a two-class batch's.
+            gates = self.gates(image, probs_t)
+            step = max(1, tiling.CLASS_TILES_PER_CALL // len(tiles))
+            logits = torch.cat(
+                [
+                    self.propagate_classes(probs_t[:, s : s + step], gates, backend)
+                    for s in range(0, probs_t.shape[1], step)
+                ],
+                1,
+            )
+        return logits.cpu().numpy()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,18 +1,33 @@
-"""The propagation engine: linear spatial propagation in four directions, on several backends."""
+"""The propagation engine: linear spatial propagation in four directions, on several backends.
+
+The torch entry points are imported on first use, so that the numba CPU kernels
+(`spnrefine.propagation.cpu`) load without torch.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from spnrefine.propagation.dispatch import BACKENDS, propagate_directions
-from spnrefine.propagation.normalize import normalize_gates
-from spnrefine.propagation.reference import (
-    DIRECTIONS,
-    MODES,
-    merge_directions,
-    propagate_directions_ref,
-    propagate_ref,
-)
+from spnrefine.propagation.layout import DIRECTIONS, MODES
+
+if TYPE_CHECKING:
+    import torch
+
+    from spnrefine.propagation.dispatch import BACKENDS
+    from spnrefine.propagation.normalize import normalize_gates
+    from spnrefine.propagation.reference import (
+        merge_directions,
+        propagate_directions_ref,
+        propagate_ref,
+    )
+
+_LAZY = {
+    "BACKENDS": "spnrefine.propagation.dispatch",
+    "normalize_gates": "spnrefine.propagation.normalize",
+    "merge_directions": "spnrefine.propagation.reference",
+    "propagate_directions_ref": "spnrefine.propagation.reference",
+    "propagate_ref": "spnrefine.propagation.reference",
+}
 
 __all__ = [
     "BACKENDS",
@@ -45,5 +60,16 @@ def propagate(
     """
     if merge not in ("max", None):
         raise ValueError(f"unknown merge {merge!r}; expected 'max' or None")
+    from spnrefine.propagation.dispatch import propagate_directions
+    from spnrefine.propagation.reference import merge_directions
+
     per_direction = propagate_directions(x, gates, mode, tuple(directions), backend)
     return merge_directions(per_direction, merge)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spnrefine.propagation' has no attribute {name!r}")

@@ -7,14 +7,16 @@ first scan line and the net could not choose how much of it to keep at a pixel. 
 form keeps every propagation stable and leaves that choice to the guidance network.
 
 Two implementations of the same arithmetic: torch (differentiable, three passes over the
-gates) and a numba kernel that does it in place in one pass, for CPU inference, where that
+gates) and a numba kernel (model/kernels.py, which the torch-free `LeanRefiner` runs too)
+that does it in place in one pass, for CPU inference, where that
 memory traffic shows. `normalize_gates` picks between them.
 """
 
 from __future__ import annotations
 
 import torch
-from numba import njit, prange
+
+from spnrefine.model.kernels import normalize_three_way
 
 
 def normalize_gates(
@@ -40,22 +42,8 @@ def normalize_gates(
     return raw / torch.clamp(total, min=1.0)
 
 
-@njit(parallel=True, cache=True)
-def _normalize_three_way(raw):
-    """In place: raw (N×3×P) scaled so that Σ|p| ≤ 1 at every pixel (divide by max(Σ|p|, 1))."""
-    n, _, pixels = raw.shape
-    for i in prange(n):
-        for k in range(pixels):
-            total = abs(raw[i, 0, k]) + abs(raw[i, 1, k]) + abs(raw[i, 2, k])
-            if total > 1.0:
-                scale = 1.0 / total
-                raw[i, 0, k] *= scale
-                raw[i, 1, k] *= scale
-                raw[i, 2, k] *= scale
-
-
 def normalize_gates_inplace(raw: torch.Tensor) -> torch.Tensor:
     """Three-way normalisation of a contiguous float32 CPU tensor …×3×H×W, in place (numba)."""
     h, w = raw.shape[-2:]
-    _normalize_three_way(raw.numpy().reshape(-1, 3, h * w))
+    normalize_three_way(raw.numpy().reshape(-1, 3, h * w))
     return raw

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-DIRECTIONS = ("lr", "rl", "tb", "bt")
-MODES = ("three_way", "one_way")
+from spnrefine.propagation.layout import DIRECTIONS, MODES
 
 
 def _to_lr(t: torch.Tensor, direction: str) -> torch.Tensor:

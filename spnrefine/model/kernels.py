@@ -1,0 +1,78 @@
+"""Numba kernels of the refiner's inference that need no torch: gate normalisation and the
+per-class tail (learned merge of the four directions and readout MLP), each one pass per pixel.
+
+Both the torch path (`spnrefine.model.fast`) and the torch-free path (`spnrefine.model.lean`)
+run them, so the two compute the same thing in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def normalize_three_way(raw):
+    """In place: raw (N×3×P) scaled so that Σ|p| ≤ 1 at every pixel (divide by max(Σ|p|, 1))."""
+    n, _, pixels = raw.shape
+    for i in prange(n):
+        for k in range(pixels):
+            total = abs(raw[i, 0, k]) + abs(raw[i, 1, k]) + abs(raw[i, 2, k])
+            if total > 1.0:
+                scale = 1.0 / total
+                raw[i, 0, k] *= scale
+                raw[i, 1, k] *= scale
+                raw[i, 2, k] *= scale
+
+
+@njit(inline="always")
+def _act(v, elu):
+    if v > 0.0:
+        return v
+    return math.expm1(v) if elu else 0.0
+
+
+@njit(parallel=True, cache=True)
+def tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, elu, logits):
+    """Per class and pixel: act(merge of the four directions) → readout MLP → one logit.
+
+    out: B×D×(C·k)×H×W propagated channels; cue: (B·C)×2×H×W; merge_w: k×(D·k) with input
+    index d·k + j; w1: R×(k+2); w2: R; logits: B×C×H×W. One work item is one row of one class;
+    the pixels of the row are the (vectorised) inner loop.
+    """
+    b_n, d_n, ck, h, w = out.shape
+    k = merge_w.shape[0]
+    c_n = ck // k
+    r_n = w1.shape[0]
+    for item in prange(b_n * c_n * h):
+        b = item // (c_n * h)
+        c = (item // h) % c_n
+        y = item % h
+        merged = np.empty((k + 2, w), np.float32)
+        hidden = np.empty(w, np.float32)
+        row = logits[b, c, y]
+        for o in range(k):
+            acc = merged[o]
+            acc[:] = merge_b[o]
+            for d in range(d_n):
+                for j in range(k):
+                    weight = merge_w[o, d * k + j]
+                    src = out[b, d, c * k + j, y]
+                    for x in range(w):
+                        acc[x] += weight * src[x]
+            for x in range(w):
+                acc[x] = _act(acc[x], elu)
+        merged[k] = cue[b * c_n + c, 0, y]
+        merged[k + 1] = cue[b * c_n + c, 1, y]
+        row[:] = b2
+        for r in range(r_n):
+            hidden[:] = b1[r]
+            for i in range(k + 2):
+                weight = w1[r, i]
+                src = merged[i]
+                for x in range(w):
+                    hidden[x] += weight * src[x]
+            for x in range(w):
+                row[x] += w2[r] * _act(hidden[x], elu)
