@@ -123,10 +123,7 @@ def refine_tiled(
         gates = model.gates(img_t, sub_t)
         step = max(1, CLASS_TILES_PER_CALL // len(pending))
         logits = torch.cat(
-            [
-                model.propagate_classes(sub_t[:, s : s + step], gates)
-                for s in range(0, k, step)
-            ],
+            [model.propagate_classes(sub_t[:, s : s + step], gates) for s in range(0, k, step)],
             1,
         )
         logits = logits.masked_fill(~torch.from_numpy(mask).to(device)[:, :, None, None], -1e4)
