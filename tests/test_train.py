@@ -690,6 +690,23 @@ def test_cli_resume_restores_the_runs_settings(tmp_path):
         1,
         4,
     )
+    # The first command again with --resume: the same settings, nothing refused.
+    same = _cli(
+        *common,
+        *TINY_FLAGS,
+        "--steps",
+        "4",
+        "--val-every",
+        "2",
+        "--lr",
+        "0.01",
+        "--warmup",
+        "1",
+        "--resume",
+    )
+    assert same.exit_code == 0, same.output
+    wider = _cli("train", data, "-o", out, "--resume", "--widths", "8,24")
+    assert wider.exit_code == 2 and "fixed by the run's checkpoint (8,16)" in wider.output
     refused = _cli("train", data, "-o", out, "--resume", "--batch-size", "4")
     assert refused.exit_code == 2 and "--batch-size 2, not --batch-size 4" in refused.output
     again = _cli(*common, *TINY_FLAGS, "--steps", "2")
