@@ -179,14 +179,11 @@ def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path
     # Training time so far: a resumed run's history goes on from where the run stopped.
     started = time.time() - (history[-1]["time"] if history else 0.0)
     if not history:  # the starting weights, scored and kept as step 0
-        checkpoint(
-            {
-                "step": 0,
-                "loss": None,
-                "time": 0.0,
-                "val": validate(saved, datasets, val_sets, device),
-            }
-        )
+        start = validate(saved, datasets, val_sets, device)
+        entry = {"step": 0, "loss": None, "time": 0.0, "val": start}
+        if average:  # the average starts as the trained weights themselves
+            entry["val_live"] = start
+        checkpoint(entry)
     running = None
     last = config.steps if config.until is None else min(config.until, config.steps)
     try:
