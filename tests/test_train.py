@@ -329,7 +329,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     resumed = train(tiny_config([data], tmp_path / "split", steps=4), resume=True)
     assert state_checksum(load_model(resumed)) == state_checksum(load_model(straight))
     history = json.loads((resumed / "train_state.json").read_text())["history"]
-    assert [h["step"] for h in history] == [2, 4]
+    assert [h["step"] for h in history] == [0, 2, 4]
     moments = load_file(str(resumed / "train_state.safetensors"))
     assert moments and all(torch.isfinite(v).all() for v in moments.values())
 
@@ -628,3 +628,171 @@ def test_coarse_sources_train_resume_and_refuse_another_mix(tmp_path):
     assert_resumes_exactly_only_with(
         tmp_path, data, straight, "--coarse-source", coarse_sources=["half"]
     )
+
+
+def test_a_new_run_refuses_a_folder_holding_one_unless_overwrite(tmp_path):
+    data = make_folder(tmp_path / "d")
+    out = train(tiny_config([data], tmp_path / "run", steps=2))
+    before = (out / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(SpnrefineError, match="already holds a training run.*--overwrite"):
+        train(tiny_config([data], out, steps=2, seed=5))
+    assert (out / "best" / "model.safetensors").read_bytes() == before
+    train(tiny_config([data], out, steps=2, seed=5), overwrite=True)
+    history = json.loads((out / "train_state.json").read_text())["history"]
+    assert [h["step"] for h in history] == [0, 2]
+    assert json.loads((out / "train_state.json").read_text())["config"]["seed"] == 5
+
+
+def test_a_second_train_process_is_locked_out_of_the_folder(tmp_path):
+    from spnrefine.train.loop import _locked
+
+    data = make_folder(tmp_path / "d")
+    with _locked(tmp_path / "run"):  # as another process would hold it
+        with pytest.raises(SpnrefineError, match="another spnrefine train .* is writing"):
+            train(tiny_config([data], tmp_path / "run", steps=2))
+    train(tiny_config([data], tmp_path / "run", steps=2))  # free again
+
+
+def test_resume_refuses_changed_settings_unless_override_and_records_it(tmp_path):
+    data = make_folder(tmp_path / "d")
+    train(tiny_config([data], tmp_path / "run", steps=4, until=2, lr=0.01))
+    for change, flag in (({"lr": 0.02}, "--lr 0.01"), ({"steps": 8}, "--steps 4")):
+        with pytest.raises(SpnrefineError, match=f"started with {flag}, not"):
+            train(tiny_config([data], tmp_path / "run", **{"steps": 4, "lr": 0.01, **change}), True)
+    with pytest.raises(SpnrefineError, match="started with --init"):
+        train(tiny_config([data], tmp_path / "run", steps=4, lr=0.01, init="default"), True)
+    train(tiny_config([data], tmp_path / "run", steps=4, lr=0.02), resume=True, override=True)
+    state = json.loads((tmp_path / "run" / "train_state.json").read_text())
+    assert state["step"] == 4 and state["config"]["lr"] == 0.02
+    assert state["config"]["changes"] == [{"step": 2, "lr": [0.01, 0.02]}]
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from spnrefine.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"NO_COLOR": "1"})
+
+
+TINY_FLAGS = ["--hidden", "2", "--gate-groups", "2", "--widths", "8,16", "--val-patches", "2"]
+
+
+def test_cli_resume_restores_the_runs_settings(tmp_path):
+    data = make_folder(tmp_path / "d", n=9)
+    out = tmp_path / "run"
+    common = ["train", data, "-o", out, "--batch-size", "2", "--val-fraction", "0.34"]
+    first = _cli(
+        *common,
+        *TINY_FLAGS,
+        "--steps",
+        "4",
+        "--val-every",
+        "2",
+        "--lr",
+        "0.01",
+        "--warmup",
+        "1",
+        "--until",
+        "2",
+    )
+    assert first.exit_code == 0, first.output
+    # Nothing but the data and --resume: the run's steps, learning rate and warm-up go on.
+    resumed = _cli("train", data, "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["step"] == 4
+    assert (state["config"]["lr"], state["config"]["warmup"], state["config"]["steps"]) == (
+        0.01,
+        1,
+        4,
+    )
+    # The first command again with --resume: the same settings, nothing refused.
+    same = _cli(
+        *common,
+        *TINY_FLAGS,
+        "--steps",
+        "4",
+        "--val-every",
+        "2",
+        "--lr",
+        "0.01",
+        "--warmup",
+        "1",
+        "--resume",
+    )
+    assert same.exit_code == 0, same.output
+    wider = _cli("train", data, "-o", out, "--resume", "--widths", "8,24")
+    assert wider.exit_code == 2 and "fixed by the run's checkpoint (8,16)" in wider.output
+    refused = _cli("train", data, "-o", out, "--resume", "--batch-size", "4")
+    assert refused.exit_code == 2 and "--batch-size 2, not --batch-size 4" in refused.output
+    again = _cli(*common, *TINY_FLAGS, "--steps", "2")
+    assert again.exit_code == 2 and "already holds a training run" in again.output
+
+
+def test_step_zero_scores_the_start_and_history_time_goes_on_after_resume(tmp_path):
+    data = make_folder(tmp_path / "d")
+    base = train(tiny_config([data], tmp_path / "base", steps=2))
+    out = tmp_path / "tuned"
+    train(tiny_config([data], out, steps=4, until=2, init=str(base)))
+    train(tiny_config([data], out, steps=4, init=str(base)), resume=True)
+    state = json.loads((out / "train_state.json").read_text())
+    history = state["history"]
+    assert [h["step"] for h in history] == [0, 2, 4] and history[0]["loss"] is None
+    start = json.loads((base / "train_state.json").read_text())["history"][-1]["val"]
+    assert history[0]["val"][0]["refined"] == start[0]["refined"]  # the init's own score
+    times = [h["time"] for h in history]
+    assert times == sorted(times) and times[2] > times[1] > 0
+    assert json.loads((out / "config.json").read_text())["extra"]["init"] == str(base)
+
+
+def test_progress_is_written_as_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from spnrefine.train import progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    data = make_folder(tmp_path / "d")
+    log = io.StringIO()
+    console = Console(file=log, force_terminal=False, width=200)
+    train(tiny_config([data], tmp_path / "run", steps=4), console=console)
+    text = log.getvalue()
+    for step in range(1, 5):
+        assert f"step {step}/4 loss" in text and "s/step" in text
+    assert "step 0 val d:" in text and "step 4 val d:" in text
+
+
+def test_interrupt_says_which_checkpoint_was_kept_and_how_to_resume(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from spnrefine.train import loop
+
+    data = make_folder(tmp_path / "d")
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return refinement_loss(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "refinement_loss", interrupted)
+    log = io.StringIO()
+    config = tiny_config([data], tmp_path / "run", steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, console=Console(file=log, width=300))
+    text = " ".join(log.getvalue().split())
+    assert "interrupted at step 2" in text and "checkpoint of step 2" in text
+    assert f"--out {tmp_path / 'run'} --resume" in text
+
+
+def test_train_quiet_prints_nothing_on_success(tmp_path):
+    data = make_folder(tmp_path / "d", n=9)
+    args = ["train", data, "-o", tmp_path / "run", "--steps", "2", "--val-every", "2", "-q"]
+    result = _cli(*args, *TINY_FLAGS, "--batch-size", "2", "--val-fraction", "0.34")
+    assert result.exit_code == 0, result.output
+    assert result.output == ""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spnrefine.cli.common import app, examples, fail, stderr_console
+from spnrefine.cli.common import QuietOption, app, examples, fail, stderr_console
 from spnrefine.errors import SpnrefineError
 
 
@@ -21,6 +21,11 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
 @app.command(
     short_help="Train a refiner on your own data, or fine-tune one.",
     epilog=examples(
@@ -30,6 +35,7 @@ def parse_widths(text: str) -> tuple[int, ...]:
     ),
 )
 def train(
+    ctx: typer.Context,
     data: Annotated[
         list[Path], typer.Argument(help="Data folders, each with images/ and masks/ (+ coarse/).")
     ],
@@ -40,6 +46,9 @@ def train(
     val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 250,
     batch_size: Annotated[int, typer.Option(help="128×128 patches per step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
+    warmup: Annotated[
+        int, typer.Option(min=0, help="Steps of linear learning-rate warm-up before the decay.")
+    ] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the split, the patches and the init.")] = 0,
     split_seed: Annotated[
         int | None,
@@ -59,7 +68,30 @@ def train(
         ),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out.", show_default=False)
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out with its own settings (options left out are the "
+            "run's).",
+            show_default=False,
+        ),
+    ] = False,
+    override: Annotated[
+        bool,
+        typer.Option(
+            "--override",
+            help="With --resume: change the run's settings to the options given (recorded in "
+            "the run); without it, a resume refuses them.",
+            show_default=False,
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a training run already in --out (best/ included).",
+            show_default=False,
+        ),
     ] = False,
     until: Annotated[
         int | None, typer.Option(help="Stop after this step; --resume goes on later.")
@@ -116,18 +148,56 @@ def train(
             min=0, help="Processes that cut patches ahead of the model (0: in the training loop)."
         ),
     ] = 0,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a refiner on your own data (or fine-tune one with --init)."""
     from spnrefine.model import ModelConfig
     from spnrefine.predictor import pick_device
     from spnrefine.train.config import TrainConfig
-    from spnrefine.train.loop import train as run_training
+    from spnrefine.train.state import saved_config
 
-    console = stderr_console()
+    console = stderr_console(quiet)
     try:
         device = str(pick_device(device))
     except SpnrefineError as err:
         raise fail(err, console) from None
+    if resume:
+        shape = {"hidden": hidden, "gate_groups": gate_groups, "guidance": guidance}
+        shape.update(mode=mode, merge=merge)
+        options = {
+            "data": [str(d) for d in data],
+            "steps": steps,
+            "val_every": val_every,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup": warmup,
+            "seed": seed,
+            "split_seed": split_seed,
+            "val_fraction": val_fraction,
+            "val_patches": val_patches,
+            "init": init,
+            "ema": ema,
+            "thin_weight": thin_weight,
+            "coarse_sources": list(coarse_source or []),
+        }
+        try:
+            config = saved_config(out)
+        except SpnrefineError as err:
+            raise fail(err, console) from None
+        if widths:
+            shape["widths"] = parse_widths(widths)
+        for name, value in shape.items():
+            was = getattr(config.model, name)
+            if value is not None and value != was:
+                shown = ",".join(map(str, was)) if name == "widths" else was
+                flag = "--" + name.replace("_", "-")
+                raise typer.BadParameter(f"{flag}: fixed by the run's checkpoint ({shown})")
+        for name, value in options.items():  # the run's settings, unless given
+            if _given(ctx, "coarse_source" if name == "coarse_sources" else name):
+                setattr(config, name, value)
+        config.out, config.until, config.device, config.workers = str(out), until, device, workers
+        _run(config, console, resume=True, override=override)
+        return
     architecture = {
         "hidden": hidden,
         "gate_groups": gate_groups,
@@ -150,6 +220,7 @@ def train(
         val_every=val_every,
         batch_size=batch_size,
         lr=lr,
+        warmup=warmup,
         seed=seed,
         split_seed=split_seed,
         val_fraction=val_fraction,
@@ -168,8 +239,16 @@ def train(
         config.model.check()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    _run(config, console, overwrite=overwrite)
+
+
+def _run(config, console, **how) -> None:
+    from spnrefine.train.loop import train as run_training
+
     try:
-        folder = run_training(config, resume=resume, console=console)
+        folder = run_training(config, console=console, **how)
     except SpnrefineError as err:
         raise fail(err, console) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     console.print(f"model written to {folder} (best on validation: {folder / 'best'})")

@@ -11,6 +11,8 @@ from spnrefine.train.data import VAL_FRACTION
 
 @dataclass
 class TrainConfig:
+    """Everything a run was asked for; saved in its state and restored by a resume."""
+
     data: list[str]
     out: str
     steps: int = 3000
@@ -33,6 +35,8 @@ class TrainConfig:
     thin_weight: float = 0.0  # extra loss weight on parts thinner than THIN_WIDTH (0: off)
     coarse_sources: list[str] = field(default_factory=list)  # coarse-<pattern>/ folders to mix in
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Settings changed on a resume with override: {"step": N, "<setting>": [before, after]}.
+    changes: list[dict] = field(default_factory=list)
 
     @property
     def held_out_seed(self) -> int:
@@ -40,6 +44,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """The settings a run saved (fields added since then keep their defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and k != "model"}
+        config = cls(**values)
+        if data.get("model") is not None:
+            config.model = ModelConfig.from_dict(data["model"])
+        if config.widen_to is not None:
+            config.widen_to = tuple(config.widen_to)
+        return config
 
 
 def held_out_seed(seed: int, split_seed: int | None) -> int:

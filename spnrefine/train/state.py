@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import SPNRefiner
-from spnrefine.train.config import TrainConfig, held_out_seed
+from spnrefine.train.config import TrainConfig
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -65,26 +65,79 @@ def load_state(
     return meta["step"], meta["history"]
 
 
-def check_resume(out: Path, config: TrainConfig) -> None:
-    """A resumed run must draw the batches and hold out the data the run began with."""
+# Settings a resume takes from the run; changing one needs override=True (--override).
+RESTORED = (
+    "data",
+    "steps",
+    "val_every",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "val_fraction",
+    "val_patches",
+    "val_factor",
+    "init",
+    "widen_to",
+)
+# Settings no resume may change: they decide the batches, the held-out data or the loss.
+FIXED = (
+    ("--ema", "ema"),
+    ("--thin-weight", "thin_weight"),
+    ("--coarse-source", "coarse_sources"),
+)
+
+
+def saved_config(out: Path) -> TrainConfig:
+    """The settings of the run in ``out`` (from its train_state.json)."""
     if not (out / STATE_JSON).is_file():
         raise SpnrefineError("nothing to resume (no train_state.json)", out)
-    saved = json.loads((out / STATE_JSON).read_text()).get("config", {})
-    was_seed = saved.get("seed", config.seed)
-    was_held_out = held_out_seed(was_seed, saved.get("split_seed"))
-    if (was_seed, was_held_out) != (config.seed, config.held_out_seed):
+    return TrainConfig.from_dict(json.loads((out / STATE_JSON).read_text()).get("config", {}))
+
+
+def _same(name: str, was, now) -> bool:
+    if name == "data":  # folders, however they were written
+        return [Path(d).resolve() for d in was] == [Path(d).resolve() for d in now]
+    if name == "widen_to" and was is not None and now is not None:
+        return tuple(was) == tuple(now)
+    return was == now
+
+
+def _flag(name: str, value) -> str:
+    if name == "data":
+        return " ".join(str(d) for d in value)
+    shown = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+    return f"--{name.replace('_', '-')} {shown}"
+
+
+def check_resume(out: Path, config: TrainConfig, override: bool = False) -> None:
+    """A resumed run must draw the batches and hold out the data the run began with, and keep
+    its other settings unless ``override`` says to change them (the change is then recorded
+    in ``config.changes``)."""
+    saved = saved_config(out)
+    if (saved.seed, saved.held_out_seed) != (config.seed, config.held_out_seed):
         raise SpnrefineError(
-            f"the run was started with --seed {was_seed} --split-seed {was_held_out}; "
+            f"the run was started with --seed {saved.seed} --split-seed {saved.held_out_seed}; "
             "resume it with the same",
             out,
         )
-    for flag, name, default in (
-        ("--ema", "ema", 0.0),
-        ("--thin-weight", "thin_weight", 0.0),
-        ("--coarse-source", "coarse_sources", []),
-    ):
-        was = saved.get(name, default)
+    for flag, name in FIXED:
+        was = getattr(saved, name)
         if was != getattr(config, name):
             raise SpnrefineError(
                 f"the run was started with {flag} {was}; resume it with the same", out
             )
+    changed = [n for n in RESTORED if not _same(n, getattr(saved, n), getattr(config, n))]
+    if changed and not override:
+        was = ", ".join(_flag(n, getattr(saved, n)) for n in changed)
+        now = ", ".join(_flag(n, getattr(config, n)) for n in changed)
+        raise SpnrefineError(
+            f"the run was started with {was}, not {now}; resume it without those options "
+            "(the run's settings are restored), or add --override to change them",
+            out,
+        )
+    config.changes = list(saved.changes)
+    if changed:
+        step = json.loads((out / STATE_JSON).read_text()).get("step", 0)
+        change = {n: [getattr(saved, n), getattr(config, n)] for n in changed}
+        config.changes.append({"step": step, **change})
