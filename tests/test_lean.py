@@ -60,9 +60,11 @@ def _torch_logits(model: SPNRefiner, tiles: np.ndarray, probs: np.ndarray) -> np
 
 
 @pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
 @pytest.mark.parametrize("classes", [1, 2, 5])
-def test_bundled_weights_give_the_torch_models_logits(classes: int):
+def test_bundled_weights_give_the_torch_models_logits(classes: int, kernels: str):
     torch_model, lean = load_model(BUNDLED), load_lean_model(BUNDLED)
+    lean.kernels = kernels
     tiles, probs = _tiles(3, classes, 128)
     expected = _torch_logits(torch_model, tiles, probs)
     assert np.abs(lean.tile_logits(tiles, probs) - expected).max() <= TOLERANCE
@@ -81,9 +83,13 @@ def test_bundled_weights_give_the_torch_models_logits(classes: int):
     ],
     ids=["light", "unet-elu", "one-way", "max-merge"],
 )
-def test_any_saved_weights_load_into_both_paths_alike(config: ModelConfig, tmp_path: Path):
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+def test_any_saved_weights_load_into_both_paths_alike(
+    config: ModelConfig, kernels: str, tmp_path: Path
+):
     folder = save_model(_trained_looking(config), tmp_path / "weights")
     torch_model, lean = load_model(folder), load_lean_model(folder)
+    lean.kernels = kernels
     tiles, probs = _tiles(2, 3, 32)
     expected = _torch_logits(torch_model, tiles, probs)
     assert np.abs(lean.tile_logits(tiles, probs) - expected).max() <= TOLERANCE
@@ -144,18 +150,46 @@ def test_a_pickled_lean_refiner_computes_the_same():
 
 
 @pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")
-def test_refining_on_the_cpu_does_not_import_torch(tmp_path: Path):
+def test_refining_on_the_cpu_does_not_import_torch_nor_numba_for_one_photo(tmp_path: Path):
     code = (
         "import sys\n"
         "from spnrefine import Refiner\n"
         f"result = Refiner.load(device='cpu').refine({str(EXAMPLES / 'astronaut.jpg')!r}, "
         f"{str(EXAMPLES / 'astronaut_coarse.png')!r})\n"
         "assert result.tiles.refined > 0\n"
-        "print('torch' in sys.modules)\n"
+        "print('torch' in sys.modules, 'numba' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"
+
+
+def test_a_refiner_moves_from_the_numpy_kernels_to_numba_after_enough_maps(monkeypatch):
+    from spnrefine.model import kernels, kernels_numpy, lean
+
+    model = _trained_looking(ModelConfig(widths=(8, 16)))
+    refiner = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
+    # as if numba were not loaded yet in this process
+    monkeypatch.delitem(sys.modules, "spnrefine.model.kernels")
+    tiles, probs = _tiles(4, 2, 32)
+    used = []
+    for module in (kernels, kernels_numpy):
+        original = module.propagate
+        monkeypatch.setattr(
+            module, "propagate", lambda *a, m=module, f=original: used.append(m) or f(*a)
+        )
+    first = refiner.tile_logits(tiles, probs)
+    assert used == [kernels_numpy]
+    refiner.maps_done = lean.NUMPY_MAPS
+    second = refiner.tile_logits(tiles, probs)
+    assert used[-1] is kernels
+    np.testing.assert_allclose(first, second, atol=1e-5)
+    # kernels="numpy" never moves; a set the refiner does not have is refused
+    refiner.kernels = "numpy"
+    refiner.tile_logits(tiles, probs)
+    assert used[-1] is kernels_numpy
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        LeanRefiner(model.config, refiner.state, kernels="fast")
 
 
 @pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")

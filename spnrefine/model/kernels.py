@@ -1,8 +1,10 @@
-"""Numba kernels of the refiner's inference that need no torch: gate normalisation and the
-per-class tail (learned merge of the four directions and readout MLP), each one pass per pixel.
+"""Numba kernels of the refiner's inference that need no torch: gate normalisation, the
+per-class embedding, the propagation (`spnrefine.propagation.cpu`) and the per-class tail
+(learned merge of the four directions and readout MLP), each one pass per pixel.
 
 Both the torch path (`spnrefine.model.fast`) and the torch-free path (`spnrefine.model.lean`)
-run them, so the two compute the same thing in the same order.
+run them, so the two compute the same thing in the same order. `kernels_numpy` holds the same
+functions in plain numpy (no compiling, slower per pixel), for short jobs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import math
 
 import numpy as np
 from numba import njit, prange
+
+from spnrefine.model.kernels_numpy import LOG_EPS
+from spnrefine.propagation.cpu import forward as propagate  # noqa: F401 (the kernel set's)
 
 
 @njit(parallel=True, cache=True)
@@ -76,3 +81,34 @@ def tail(out, cue, merge_w, merge_b, w1, b1, w2, b2, elu, logits):
                     hidden[x] += weight * src[x]
             for x in range(w):
                 row[x] += w2[r] * _act(hidden[x], elu)
+
+
+@njit(parallel=True, cache=True)
+def embed(probs, weight, bias, cue, hidden):
+    """Per class map: cue = (p, log max(p, eps)); hidden = 3×3 conv of the cue (zero padding).
+
+    probs: M×H×W (M = tiles × classes); weight: K×2×3×3; cue: M×2×H×W; hidden: M×K×H×W.
+    """
+    m_n, h, w = probs.shape
+    k_n = weight.shape[0]
+    eps = np.float32(LOG_EPS)
+    for m in prange(m_n):
+        for y in range(h):
+            for x in range(w):
+                p = probs[m, y, x]
+                cue[m, 0, y, x] = p
+                cue[m, 1, y, x] = np.log(max(p, eps))
+        for k in range(k_n):
+            out = hidden[m, k]
+            out[:, :] = bias[k]
+            for c in range(2):
+                src = cue[m, c]
+                for dy in range(3):
+                    for dx in range(3):
+                        wt = weight[k, c, dy, dx]
+                        y0, y1 = max(0, 1 - dy), min(h, h + 1 - dy)
+                        x0, x1 = max(0, 1 - dx), min(w, w + 1 - dx)
+                        for y in range(y0, y1):
+                            row, srow = out[y], src[y + dy - 1]
+                            for x in range(x0, x1):
+                                row[x] += wt * srow[x + dx - 1]

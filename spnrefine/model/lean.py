@@ -1,6 +1,11 @@
 """The refiner for inference without torch: the guidance net through OpenCV's DNN module (an
-ONNX graph built straight from the weights), the per-class embedding, propagation and tail
-through numba kernels.
+ONNX graph built straight from the weights), the gate normalisation, per-class embedding,
+propagation and tail through numba kernels (`kernels`) or their numpy twins (`kernels_numpy`).
+
+Loading numba and its cached kernels takes about a second; the numpy twins need nothing
+loaded but are slower per pixel. A refiner starts on the numpy set and moves to numba once
+the class maps it has refined in this process pass ``NUMPY_MAPS`` (a one-shot refine of a
+photo-sized image stays on numpy; a batch or a large image soon moves), unless told which.
 
 It computes what ``SPNRefiner`` computes in eval mode (the torch model stays the one definition,
 used for training and on a GPU; the tests hold the two against each other), and loads from the
@@ -9,13 +14,12 @@ same ``model.safetensors`` + ``config.json``.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import sys
 
-from spnrefine.model import onnx
+import numpy as np
+
+from spnrefine.model import kernels_numpy, onnx
 from spnrefine.model.config import ModelConfig
-from spnrefine.model.kernels import normalize_three_way, tail
-from spnrefine.propagation import cpu
 from spnrefine.propagation.layout import DIRECTIONS
 
 # As in spnrefine.model.guidance and .refiner (which import torch, so they are not imported).
@@ -23,13 +27,17 @@ NUM_CUES = 2
 GATES_PER_GROUP = 12
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32)
-LOG_EPS = 1e-4
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
 # Class maps (tiles × classes) propagated in one pass: about 2.7 MB each for 128×128 tiles.
 CLASS_MAPS_PER_PASS = 16
 # Tiles through the model in one pass: OpenCV holds every layer's output of a call (about
 # 20 MB per 128×128 tile), and the gates take 3 MB per tile.
 TILES_PER_PASS = 4
+# Tile × class maps (128×128) refined with the numpy kernels before a refiner moves to numba:
+# each costs about 12 ms more in numpy (2 cores), about the second that numba takes to load
+# after 85. Measured with `benchmarks/whole_process.py`.
+NUMPY_MAPS = 96
+KERNEL_SETS = ("auto", "numba", "numpy")
 
 
 class WeightsMismatch(ValueError):
@@ -191,37 +199,6 @@ def guidance_onnx(config: ModelConfig, weights: _State) -> bytes:
     )
 
 
-@njit(parallel=True, cache=True)
-def _embed(probs, weight, bias, cue, hidden):
-    """Per class map: cue = (p, log max(p, eps)); hidden = 3×3 conv of the cue (zero padding).
-
-    probs: M×H×W (M = tiles × classes); weight: K×2×3×3; cue: M×2×H×W; hidden: M×K×H×W.
-    """
-    m_n, h, w = probs.shape
-    k_n = weight.shape[0]
-    eps = np.float32(LOG_EPS)
-    for m in prange(m_n):
-        for y in range(h):
-            for x in range(w):
-                p = probs[m, y, x]
-                cue[m, 0, y, x] = p
-                cue[m, 1, y, x] = np.log(max(p, eps))
-        for k in range(k_n):
-            out = hidden[m, k]
-            out[:, :] = bias[k]
-            for c in range(2):
-                src = cue[m, c]
-                for dy in range(3):
-                    for dx in range(3):
-                        wt = weight[k, c, dy, dx]
-                        y0, y1 = max(0, 1 - dy), min(h, h + 1 - dy)
-                        x0, x1 = max(0, 1 - dx), min(w, w + 1 - dx)
-                        for y in range(y0, y1):
-                            row, srow = out[y], src[y + dy - 1]
-                            for x in range(x0, x1):
-                                row[x] += wt * srow[x + dx - 1]
-
-
 def coarse_cues(probs: np.ndarray) -> np.ndarray:
     """N×C×H×W class probabilities → N×2×H×W: top-1 probability and top-1 minus top-2."""
     if probs.shape[1] == 1:
@@ -238,11 +215,14 @@ def coarse_cues(probs: np.ndarray) -> np.ndarray:
 class LeanRefiner:
     """``SPNRefiner`` for CPU inference without torch: ``logits(image, probs)`` on numpy arrays."""
 
-    def __init__(self, config: ModelConfig, state: dict[str, np.ndarray]):
+    def __init__(self, config: ModelConfig, state: dict[str, np.ndarray], kernels: str = "auto"):
         import cv2
 
         config.check()
-        self.config, self.state = config, state
+        if kernels not in KERNEL_SETS:
+            raise ValueError(f"kernels must be one of {KERNEL_SETS}, got {kernels!r}")
+        self.config, self.state, self.kernels = config, state, kernels
+        self.maps_done = 0  # class maps refined so far (for kernels="auto")
         weights = _State(state)
         k = config.hidden
         self.net = cv2.dnn.readNetFromONNX(np.frombuffer(guidance_onnx(config, weights), np.uint8))
@@ -265,10 +245,24 @@ class LeanRefiner:
 
     def __getstate__(self) -> dict:
         # OpenCV's network does not pickle (Ray sends refiners to workers): rebuild it.
-        return {"config": self.config, "state": self.state}
+        return {"config": self.config, "state": self.state, "kernels": self.kernels}
 
     def __setstate__(self, data: dict) -> None:
-        self.__init__(data["config"], data["state"])
+        self.__init__(data["config"], data["state"], data.get("kernels", "auto"))
+
+    def kernel_set(self, maps: int):
+        """The kernel module for a call that refines ``maps`` tile × class maps."""
+        self.maps_done += maps
+        use_numpy = self.kernels == "numpy" or (
+            self.kernels == "auto"
+            and self.maps_done <= NUMPY_MAPS
+            and "spnrefine.model.kernels" not in sys.modules  # numba already paid for
+        )
+        if use_numpy:
+            return kernels_numpy
+        from spnrefine.model import kernels
+
+        return kernels
 
     def num_parameters(self) -> int:
         """Learned values, as ``SPNRefiner.num_parameters`` counts them (no batch-norm stats)."""
@@ -297,8 +291,9 @@ class LeanRefiner:
             logits[part] = self.logits(image[part], probs[part])
         return logits
 
-    def gates(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    def gates(self, image: np.ndarray, probs: np.ndarray, kernels=None) -> np.ndarray:
         """image N×3×H×W in [0, 1], probs N×C×H×W → normalised gates N×G×4×3×H×W."""
+        kernels = kernels or self.kernel_set(0)
         n, _, h, w = image.shape
         x = np.empty((n, 3 + NUM_CUES, h, w), np.float32)
         x[:, :3] = (image - IMAGE_MEAN[:, None, None]) / IMAGE_STD[:, None, None]
@@ -307,7 +302,7 @@ class LeanRefiner:
         raw = np.ascontiguousarray(self.net.forward(), dtype=np.float32)
         gates = raw.reshape(n, self.config.gate_groups, len(DIRECTIONS), 3, h, w)
         if self.config.mode == "three_way":
-            normalize_three_way(gates.reshape(-1, 3, h * w))
+            kernels.normalize_three_way(gates.reshape(-1, 3, h * w))
             return gates
         middle = gates[:, :, :, 1:2]
         one_way = np.zeros_like(gates)
@@ -321,31 +316,32 @@ class LeanRefiner:
         memory a call needs does not grow with the class count.
         """
         probs = np.ascontiguousarray(probs, dtype=np.float32)
-        gates = self.gates(np.asarray(image, np.float32), probs)
         n, c = probs.shape[:2]
+        kernels = self.kernel_set(n * c)
+        gates = self.gates(np.asarray(image, np.float32), probs, kernels)
         step = max(1, CLASS_MAPS_PER_PASS // n)
         if step >= c:
-            return self._class_logits(probs, gates)
+            return self._class_logits(probs, gates, kernels)
         logits = np.empty(probs.shape, np.float32)
         for first in range(0, c, step):
             part = np.ascontiguousarray(probs[:, first : first + step])
-            logits[:, first : first + step] = self._class_logits(part, gates)
+            logits[:, first : first + step] = self._class_logits(part, gates, kernels)
         return logits
 
-    def _class_logits(self, probs: np.ndarray, gates: np.ndarray) -> np.ndarray:
+    def _class_logits(self, probs: np.ndarray, gates: np.ndarray, kernels) -> np.ndarray:
         n, c, h, w = probs.shape
         k = self.config.hidden
         cue = np.empty((n * c, 2, h, w), np.float32)
         hidden = np.empty((n * c, k, h, w), np.float32)
-        _embed(probs.reshape(n * c, h, w), self.embed_w, self.embed_b, cue, hidden)
-        out = cpu.forward(
+        kernels.embed(probs.reshape(n * c, h, w), self.embed_w, self.embed_b, cue, hidden)
+        out = kernels.propagate(
             hidden.reshape(n, c * k, h, w), gates, DIRECTIONS, self.config.mode == "three_way"
         )
         del hidden
         elu = self.config.activation == "elu"
         if self.config.merge == "learned":
             logits = np.empty((n, c, h, w), np.float32)
-            tail(
+            kernels.tail(
                 out,
                 cue,
                 self.merge_w,
