@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import SafetensorError
 
-from spnrefine.errors import SpnrefineError
+from spnrefine.errors import SpnrefineError, need_torch
 from spnrefine.io.write import write_atomic
 from spnrefine.model.architectures import build_lean, check_architecture
 from spnrefine.model.config import ModelConfig
@@ -90,6 +90,7 @@ def load_model(path: str | Path) -> SPNRefiner:
     A lone ``.safetensors`` file must have its ``config.json`` beside it. The checksum in the
     config is verified, and every tensor must match the architecture the config describes.
     """
+    need_torch("loading the torch model")
     import torch
 
     from spnrefine.model.architectures import build_model

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from spnrefine.baselines import BASELINES, check_baseline
-from spnrefine.errors import SpnrefineError
+from spnrefine.errors import SpnrefineError, need_torch
 from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
 from spnrefine.io.outputs import (
@@ -257,6 +257,7 @@ def pick_device(device: Device) -> str:
     if device == "cpu":
         return "cpu"
     if device.startswith("cuda"):
+        need_torch(f"--device {device}")
         if not _torch_cuda():
             raise SpnrefineError(f"--device {device}: no CUDA GPU is available")
         return device

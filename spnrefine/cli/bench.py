@@ -18,7 +18,7 @@ from spnrefine.cli.common import (
     stderr_console,
     stdout_console,
 )
-from spnrefine.errors import SpnrefineError
+from spnrefine.errors import SpnrefineError, need_torch
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -60,9 +60,13 @@ def bench(
     generated images with a coarse mask at 1/8. No data sets or network needed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = stderr_console(quiet)
+    try:
+        need_torch("spnrefine bench")
+    except SpnrefineError as err:
+        raise fail(err, console) from None
     from spnrefine.bench import DEFAULT_SIZES, QUICK_SIZES, parse_sizes, run_bench
 
-    console = stderr_console(quiet)
     try:
         chosen = parse_sizes(sizes) if sizes else list(QUICK_SIZES if quick else DEFAULT_SIZES)
         columns = (

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from spnrefine.cli.common import QuietOption, app, examples, fail, stderr_console
-from spnrefine.errors import SpnrefineError
+from spnrefine.errors import SpnrefineError, need_torch
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -151,6 +151,10 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Train a refiner on your own data (or fine-tune one with --init)."""
+    try:
+        need_torch("spnrefine train")
+    except SpnrefineError as err:
+        raise fail(err, stderr_console(quiet)) from None
     from spnrefine.model import ModelConfig
     from spnrefine.predictor import pick_device
     from spnrefine.train.config import TrainConfig
