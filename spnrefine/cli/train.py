@@ -37,7 +37,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def train(
     ctx: typer.Context,
     data: Annotated[
-        list[Path], typer.Argument(help="Data folders, each with images/ and masks/ (+ coarse/).")
+        list[Path],
+        typer.Argument(
+            metavar="DATA...", help="Data folders, each with images/ and masks/ (+ coarse/)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints.")] = Path(
         "runs/spnrefine"
