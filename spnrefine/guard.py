@@ -11,10 +11,11 @@ import numpy as np
 DEFAULT_SURE = 0.02
 """Coarse uncertainty (1 − top probability) at and below which the coarse map is kept; the
 refined map takes over linearly up to twice this."""
-DEFAULT_NARROW = 4
-"""px: the refined map counts only where the coarse map is unsure within this distance all
-round, so a band of uncertainty narrower than about twice this (an already sharp map, such
-as a ×2 one) is kept as it is, and the rims of a wider band too."""
+DEFAULT_NARROW = 1
+"""px: a band of uncertainty narrower than 2·narrow + 1 px (an already sharp map: the ground
+truth itself, or a ×2 one, whose upsampling leaves 2 px of doubt) is kept as the coarse map
+has it (a morphological opening of the weight); a wider one (a ×4 or ×8 mask's ramp, a soft
+segmenter map) is refined across its whole width."""
 DEFAULT_TRACE = 0.3
 """Binary maps: a refined foreground island or background hole survives only where the coarse
 map gives its class at least this probability somewhere inside it."""
@@ -24,8 +25,9 @@ def trust(
     coarse: np.ndarray, sure: float = DEFAULT_SURE, narrow: int = DEFAULT_NARROW
 ) -> np.ndarray:
     """H×W weight of the refined map against the C×H×W coarse one: 0 where the coarse map is
-    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then the least weight
-    within `narrow` px (a morphological erosion)."""
+    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then opened with a disk
+    of radius `narrow` px, which clears bands narrower than the disk and keeps wider ones
+    whole."""
     uncertainty = 1.0 - coarse.max(axis=0)
     if sure > 0:
         weight = np.clip(uncertainty / sure - 1.0, 0.0, 1.0).astype(np.float32)
@@ -33,7 +35,7 @@ def trust(
         weight = (uncertainty > 0).astype(np.float32)
     if narrow > 0:
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * narrow + 1, 2 * narrow + 1))
-        weight = cv2.erode(weight, disk, borderType=cv2.BORDER_REPLICATE)
+        weight = cv2.morphologyEx(weight, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_REPLICATE)
     return weight
 
 

@@ -1,5 +1,6 @@
 """spnrefine.guard: a sure coarse map comes out as it is, a narrow band of doubt is kept, a
-wide one is refined, and islands and holes with no trace in a binary coarse map go."""
+wide one (a ×4 or ×8 mask's ramp included) is refined, and islands and holes with no trace
+in a binary coarse map go."""
 
 from __future__ import annotations
 
@@ -45,11 +46,28 @@ def test_a_narrow_band_of_doubt_is_kept_and_a_wide_one_refined():
     refined = binary(np.arange(80)[None, :].repeat(40, 0) >= 42)  # the refiner moves 2 px right
     narrow = ramp_map(2)  # doubt over ~2 px, as a ×2 map has
     assert np.array_equal(guard(narrow, refined), narrow)
-    wide = ramp_map(16)  # doubt over ~16 px, as a ×8 map has
+    wide = ramp_map(16)  # doubt over ~16 px, as a soft ×8 map has
     out = guard(wide, refined)
     assert (out.argmax(0) == refined.argmax(0)).all()
-    # The rims of the wide band, where the coarse map is nearly sure, stay the coarse map's.
+    # Where the coarse map is sure, outside the band, it stays the coarse map's.
     assert np.allclose(out[:, :, :30], wide[:, :, :30])
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_a_hard_masks_upsampling_ramp_is_refined_across_its_width(factor: int):
+    """A 0/1 mask at 1/factor upsampled bilinearly (as `refine` does) leaves doubt over about
+    `factor` px; the refiner may put the edge anywhere in it."""
+    import cv2
+
+    fg = np.zeros((8, 16), np.float32)
+    fg[:, 8:] = 1.0
+    up = cv2.resize(fg, (16 * factor, 8 * factor), interpolation=cv2.INTER_LINEAR)
+    coarse = binary(up)
+    edge = 8 * factor
+    for shift in (-(factor // 2) + 1, factor // 2 - 1):
+        refined = binary(np.arange(16 * factor)[None, :].repeat(8 * factor, 0) >= edge + shift)
+        out = guard(coarse, refined)
+        assert (out.argmax(0) == refined.argmax(0)).all(), shift
 
 
 def test_a_hole_with_no_trace_in_the_coarse_map_is_filled_and_a_traced_one_kept():
