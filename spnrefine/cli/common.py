@@ -154,8 +154,8 @@ GuardOption = Annotated[
     bool,
     typer.Option(
         help="Keep the model to what the coarse map leaves open: where the map is sure (or "
-        "unsure only in a band a few pixels wide) it stays, and islands and holes it has no "
-        "trace of are dropped. --no-guard gives the model's map as it is."
+        "unsure only in a band under 3 px wide, as a ×2 map is) it stays, and islands and "
+        "holes it has no trace of are dropped. --no-guard gives the model's map as it is."
     ),
 ]
 CoarseTypeOption = Annotated[
