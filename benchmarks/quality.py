@@ -79,7 +79,17 @@ GRID_RADII = (1, 2, 4, 8, 16)
 GRID_EPS = (1e-4, 1e-3, 1e-2, 1e-1)
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 
-RefineFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+RefineFn = Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # image, probs, factor
+
+
+def ignoring_factor(refine: Callable[..., np.ndarray]) -> RefineFn:
+    """A baseline as a RefineFn: it does not look at how much the coarse map was upsampled."""
+    return lambda image, probs, factor: refine(image, probs)
+
+
+def spn_method(refiner: Refiner) -> RefineFn:
+    """The model as `spnrefine refine` runs it: its guard knows the coarse map's factor."""
+    return lambda image, probs, factor: refiner.refine_probs(image, probs, factor=factor)
 
 
 class MissingData(SystemExit):
@@ -94,6 +104,7 @@ class Sample:
     image: np.ndarray  # H×W×3 uint8 RGB
     probs: np.ndarray  # C×H×W float32 coarse probabilities at image size
     gt: np.ndarray  # H×W labels (0/1 for binary sets, 255 = ignore)
+    factor: float = 1.0  # how much the coarse map was upsampled to the image
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -227,7 +238,7 @@ def gt_row(group: str, folder: Folder, stems: list[str], factor: int, limit: int
     def items() -> Iterator[Sample]:
         for stem in stems:
             gt = folder.gt(stem)
-            yield Sample(folder.image(stem), make(onehot_of(gt, classes)), gt)
+            yield Sample(folder.image(stem), make(onehot_of(gt, classes)), gt, float(factor))
 
     name = "gt" if factor == 1 else f"×{factor}"
     return Row(group, folder.name, name, classes, items, len(stems))
@@ -253,8 +264,11 @@ def file_row(
     def items() -> Iterator[Sample]:
         for stem in stems:
             gt = folder.gt(stem)
-            probs = coarse_file_probs(coarse_dir / f"{stem}.png", classes, gt.shape)
-            yield Sample(folder.image(stem), probs, gt)
+            path = coarse_dir / f"{stem}.png"
+            probs = coarse_file_probs(path, classes, gt.shape)
+            small = read_gray(path).shape[:2]
+            factor = min(gt.shape[0] / small[0], gt.shape[1] / small[1])
+            yield Sample(folder.image(stem), probs, gt, factor)
 
     return Row(group, set_name or folder.name, source, classes, items, len(stems))
 
@@ -511,7 +525,7 @@ def evaluate(
         result.coarse_topology += truth.coarse_topology
         for name, refine in methods.items():
             start = time.perf_counter()
-            out = refine(sample.image, sample.probs)
+            out = refine(sample.image, sample.probs, sample.factor)
             result.scores[name].seconds.append(time.perf_counter() - start)
             result.scores[name].update(out.argmax(0).astype(np.uint8), truth)
         result.count += 1
@@ -524,18 +538,19 @@ def evaluate(
 
 def default_methods(radius: int, eps: float, with_crf: bool) -> dict[str, RefineFn]:
     methods: dict[str, RefineFn] = {
-        "bilinear": refine_bilinear,
-        "guided": partial(refine_guided, radius=radius, eps=eps),
+        "bilinear": ignoring_factor(refine_bilinear),
+        "guided": ignoring_factor(partial(refine_guided, radius=radius, eps=eps)),
     }
     if with_crf:
-        methods["crf"] = refine_crf
+        methods["crf"] = ignoring_factor(refine_crf)
     return methods
 
 
 def grid_methods() -> dict[str, RefineFn]:
-    methods: dict[str, RefineFn] = {"bilinear": refine_bilinear}
+    methods: dict[str, RefineFn] = {"bilinear": ignoring_factor(refine_bilinear)}
     for radius, eps in itertools.product(GRID_RADII, GRID_EPS):
-        methods[f"guided r={radius} eps={eps:g}"] = partial(refine_guided, radius=radius, eps=eps)
+        guided = partial(refine_guided, radius=radius, eps=eps)
+        methods[f"guided r={radius} eps={eps:g}"] = ignoring_factor(guided)
     return methods
 
 
@@ -747,9 +762,9 @@ def main(argv: list[str] | None = None) -> None:
             if value is not None
         }
         refiner = Refiner.load(args.spn, **tiling)
-        methods["spn"] = refiner.refine_probs
+        methods["spn"] = spn_method(refiner)
         if args.unguarded:
-            methods["spn-unguarded"] = Refiner.load(args.spn, guard=False, **tiling).refine_probs
+            methods["spn-unguarded"] = spn_method(Refiner.load(args.spn, guard=False, **tiling))
     results = [evaluate(row, methods, args.tolerance) for row in rows]
     print_table(results, args.tolerance)
     if args.grid:

@@ -526,14 +526,15 @@ def misses_figure(refiner: Refiner, path: Path) -> None:
     few pixels across (a tail, a rope across a leg, a beak) that the ×8 map has lost. The
     coarse maps are benchmarks/quality.py's own, so the picture shows what it scores."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from quality import coarse_from_onehot
+    from quality import FACTOR, coarse_from_onehot
 
     panels = []
     for stem in MISS_FRAMES:
         image = np.asarray(Image.open(DATA / "davis" / "images" / f"{stem}.jpg").convert("RGB"))
         gt = cv2.imread(str(DATA / "davis" / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 127
         onehot = np.stack([~gt, gt]).astype(np.float32)
-        pred = refiner.refine_probs(image, coarse_from_onehot(onehot)).argmax(0) == 1
+        coarse = coarse_from_onehot(onehot)
+        pred = refiner.refine_probs(image, coarse, factor=FACTOR).argmax(0) == 1
         true_edge, pred_edge = boundary_map(gt), boundary_map(pred)
         missed, extra = true_edge & ~near(pred_edge), pred_edge & ~near(true_edge)
         picture = image.copy()

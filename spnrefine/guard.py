@@ -1,7 +1,7 @@
 """Do no harm: keep the refined map to what the coarse map leaves open. Where the coarse map is
-sure, or unsure only along a band too narrow to hold a boundary worth moving, its
-probabilities stay; islands and holes that the refined mask cuts where the coarse map has no
-trace of them go back to the coarse map."""
+sure, or (in an already sharp map) unsure only along a band too narrow to hold a boundary
+worth moving, its probabilities stay; islands and holes that the refined mask cuts where the
+coarse map has no trace of them go back to the coarse map."""
 
 from __future__ import annotations
 
@@ -11,31 +11,39 @@ import numpy as np
 DEFAULT_SURE = 0.02
 """Coarse uncertainty (1 − top probability) at and below which the coarse map is kept; the
 refined map takes over linearly up to twice this."""
-DEFAULT_NARROW = 1
-"""px: a band of uncertainty narrower than 2·narrow + 1 px (an already sharp map: the ground
-truth itself, or a ×2 one, whose upsampling leaves 2 px of doubt) is kept as the coarse map
-has it (a morphological opening of the weight); a wider one (a ×4 or ×8 mask's ramp, a soft
-segmenter map) is refined across its whole width."""
+DEFAULT_NARROW = 4
+"""px: the refined map counts only where the coarse map is unsure within this distance all
+round, so a band of uncertainty narrower than about twice this (an already sharp map, such
+as a ×2 one) is kept as it is, and the rims of a wider band too. Only for maps upsampled
+by at most `SHARP_FACTOR`."""
+SHARP_FACTOR = 2.5
+"""A coarse map upsampled by at most this factor (one at the image's resolution, or at half of
+it) is already sharp, and `narrow` keeps its band of doubt. From a coarser map the whole band
+is open to the refiner: a hard mask at 1/4 or 1/8 leaves doubt over 4-8 px once upsampled,
+and the true edge may lie anywhere in it."""
 DEFAULT_TRACE = 0.3
 """Binary maps: a refined foreground island or background hole survives only where the coarse
 map gives its class at least this probability somewhere inside it."""
 
 
 def trust(
-    coarse: np.ndarray, sure: float = DEFAULT_SURE, narrow: int = DEFAULT_NARROW
+    coarse: np.ndarray,
+    sure: float = DEFAULT_SURE,
+    narrow: int = DEFAULT_NARROW,
+    factor: float = 1.0,
 ) -> np.ndarray:
     """H×W weight of the refined map against the C×H×W coarse one: 0 where the coarse map is
-    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then opened with a disk
-    of radius `narrow` px, which clears bands narrower than the disk and keeps wider ones
-    whole."""
+    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then, for a map upsampled
+    by at most `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), the
+    least weight within `narrow` px (a morphological erosion)."""
     uncertainty = 1.0 - coarse.max(axis=0)
     if sure > 0:
         weight = np.clip(uncertainty / sure - 1.0, 0.0, 1.0).astype(np.float32)
     else:
         weight = (uncertainty > 0).astype(np.float32)
-    if narrow > 0:
+    if narrow > 0 and factor <= SHARP_FACTOR:
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * narrow + 1, 2 * narrow + 1))
-        weight = cv2.morphologyEx(weight, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_REPLICATE)
+        weight = cv2.erode(weight, disk, borderType=cv2.BORDER_REPLICATE)
     return weight
 
 
@@ -58,16 +66,17 @@ def guard(
     coarse: np.ndarray,
     refined: np.ndarray,
     *,
+    factor: float = 1.0,
     sure: float = DEFAULT_SURE,
     narrow: int = DEFAULT_NARROW,
     trace: float = DEFAULT_TRACE,
 ) -> np.ndarray:
     """C×H×W refined probabilities kept to what the C×H×W coarse ones leave open: blended
-    into the coarse map by `trust`; then, on binary maps, the islands and holes of the result
-    with no trace in the coarse map are set back to it. (On label maps a thin class that the
-    coarse map's resolution lost is often right where the refiner brings it back, so no part
-    is dropped there.)"""
-    weight = trust(coarse, sure, narrow)
+    into the coarse map by `trust` (`factor`: how much the coarse map was upsampled); then, on
+    binary maps, the islands and holes of the result with no trace in the coarse map are set
+    back to it. (On label maps a thin class that the coarse map's resolution lost is often
+    right where the refiner brings it back, so no part is dropped there.)"""
+    weight = trust(coarse, sure, narrow, factor)
     out = weight * refined + (1.0 - weight) * coarse
     if coarse.shape[0] == 2 and trace > 0:
         untraced = untraced_parts(out.argmax(axis=0).astype(np.uint8), coarse, trace)

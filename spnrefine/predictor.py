@@ -156,8 +156,9 @@ class Predictor:
         probs = upsample_probs(coarse.probs, size)
         ignore = upsample_ignore(coarse.ignore, size) if coarse.ignore is not None else None
         stats = TileStats()
+        factor = min(size[0] / coarse.probs.shape[1], size[1] / coarse.probs.shape[2])
         refined = restrict_classes(
-            self.refine_probs(image_rgb, probs, stats), present_classes(coarse)
+            self.refine_probs(image_rgb, probs, stats, factor=factor), present_classes(coarse)
         )
         labels = to_labels(refined, coarse, ignore)
         return RefineResult(
@@ -171,12 +172,19 @@ class Predictor:
         )
 
     def refine_probs(
-        self, image_rgb: np.ndarray, probs: np.ndarray, stats: TileStats | None = None
+        self,
+        image_rgb: np.ndarray,
+        probs: np.ndarray,
+        stats: TileStats | None = None,
+        *,
+        factor: float = 1.0,
     ) -> np.ndarray:
         """The model pass alone (or the baseline's): C×H×W probabilities at the image's size →
         refined C×H×W. The model's map is kept to what the coarse map leaves open
         (`spnrefine.guard`: where the coarse map is sure it stays, islands and holes it has no
-        trace of are dropped) unless the predictor was made with `guard=False`."""
+        trace of are dropped) unless the predictor was made with `guard=False`. ``factor``:
+        how much `probs` were upsampled from the coarse map (1: not at all, or not known; a
+        band of doubt in a map upsampled ×2.5 or less is then kept as it is)."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8, got {image_rgb.shape} {image_rgb.dtype}")
         if probs.ndim != 3 or probs.shape[1:] != image_rgb.shape[:2]:
@@ -194,7 +202,7 @@ class Predictor:
             stats=stats,
             multiple=self.model.tile_multiple,
         )
-        return do_no_harm(probs, refined) if self.guard else refined
+        return do_no_harm(probs, refined, factor=factor) if self.guard else refined
 
     def to(self, device: Device) -> Predictor:
         """The same refiner (weights, method, settings) on another device: a worker that was

@@ -66,8 +66,10 @@ def test_a_hard_masks_upsampling_ramp_is_refined_across_its_width(factor: int):
     edge = 8 * factor
     for shift in (-(factor // 2) + 1, factor // 2 - 1):
         refined = binary(np.arange(16 * factor)[None, :].repeat(8 * factor, 0) >= edge + shift)
-        out = guard(coarse, refined)
+        out = guard(coarse, refined, factor=factor)
         assert (out.argmax(0) == refined.argmax(0)).all(), shift
+    # Told nothing of the factor, the guard takes the map as sharp and keeps the ramp.
+    assert np.array_equal(guard(coarse, refined).argmax(0), coarse.argmax(0))
 
 
 def test_a_hole_with_no_trace_in_the_coarse_map_is_filled_and_a_traced_one_kept():
@@ -124,3 +126,23 @@ def test_the_predictor_keeps_a_sure_mask_unless_told_not_to():
     assert np.array_equal(guarded.refine_probs(image, mask), mask)
     unguarded = Predictor(model, tile=32, overlap=8, device="cpu", guard=False)
     assert not np.allclose(unguarded.refine_probs(image, mask), mask, atol=1e-3)
+
+
+def test_the_predictor_tells_the_guard_how_much_the_coarse_map_was_upsampled(monkeypatch):
+    from spnrefine.io.coarse import CoarseMap
+    from spnrefine.model import ModelConfig, SPNRefiner
+    from spnrefine.predictor import Predictor
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
+    seen = []
+    monkeypatch.setattr(
+        "spnrefine.predictor.do_no_harm",
+        lambda coarse, refined, factor: seen.append(factor) or refined,
+    )
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    small = binary(np.arange(12)[None, :].repeat(8, 0) >= 6)  # 1/8 of the image
+    coarse = CoarseMap(small, [0, 255], "binary", None, None, "test")
+    Predictor(model, tile=32, overlap=8, device="cpu").predict(image, coarse)
+    assert seen == [8.0]
