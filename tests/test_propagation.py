@@ -80,6 +80,25 @@ def test_cpu_kernel_matches_reference_on_every_direction(shape, mode):
 
 @pytest.mark.parametrize("mode", ["three_way", "one_way"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_numpy_scan_matches_reference_on_every_direction(shape, mode):
+    """propagation/vectorized.py, which the torch-free refiner runs for short jobs."""
+    from spnrefine.propagation import vectorized
+
+    b, c, g, h, w = shape
+    x, gates = make_inputs(b, c, g, h, w, mode=mode)
+    for directions in DIRECTION_SETS:
+        sub = gates[:, :, [DIRECTIONS.index(name) for name in directions]]
+        want = propagate_ref(x, sub, mode, directions, None)
+        x_np, sub_np = x.numpy(), sub.contiguous().numpy()
+        before = sub_np.copy()
+        got = vectorized.forward(x_np, sub_np, directions, mode == "three_way")
+        assert got.shape == tuple(want.shape) and got.dtype == x_np.dtype
+        assert abs(got - want.numpy()).max() <= 1e-5, directions
+        assert (sub_np == before).all()  # the caller's gates are left alone
+
+
+@pytest.mark.parametrize("mode", ["three_way", "one_way"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_cpu_kernel_gradients_match_autograd_through_reference(shape, mode):
     b, c, g, h, w = shape
     for directions in (DIRECTIONS, ("rl", "tb"), ("bt",)):

@@ -16,11 +16,11 @@ SCAN = {"lr": (True, False), "rl": (True, True), "tb": (False, False), "bt": (Fa
 
 
 def _scan(xs: np.ndarray, gs: np.ndarray, three_way: bool) -> np.ndarray:
-    """Scan along axis 0. xs: T×B×R×G×K (line t of every channel); gs: T×3×B×G×K → T×B×R×G×K."""
+    """Scan along axis 0. xs: T×B×R×G×K (line t of every channel); gs: T×3×B×G×K (the
+    caller's own copy: its border gates are zeroed in place) → T×B×R×G×K."""
     g0, g1, g2 = (gs[:, j, :, None] for j in range(3))  # T×B×1×G×K, broadcast over R
     if three_way:
         # A gate that points outside the line is ignored, in Σp too.
-        g0, g2 = g0.copy(), g2.copy()
         g0[..., 0] = 0
         g2[..., -1] = 0
         keep = 1 - (g0 + g1 + g2)
@@ -48,19 +48,22 @@ def forward(x: np.ndarray, gates: np.ndarray, directions: tuple[str, ...], three
     # channel c uses gate group c % G: c = g + G·r
     xv = x.reshape(b, c // groups, groups, h, w)
     out = np.empty((b, len(directions), c, h, w), x.dtype)
+    lines_first = {}  # x with its lines first (T×B×R×G×K), one copy per axis, shared by both senses
     for d, direction in enumerate(directions):
         columns, reverse = SCAN[direction]
-        g = gates[:, :, d]  # B×G×3×H×W
-        # Lines first, each line contiguous: T×B×R×G×K and T×3×B×G×K.
-        if columns:
-            xs, gs = xv.transpose(4, 0, 1, 2, 3), g.transpose(4, 2, 0, 1, 3)
-        else:
-            xs, gs = xv.transpose(3, 0, 1, 2, 4), g.transpose(3, 2, 0, 1, 4)
-        if reverse:
+        if columns not in lines_first:
+            order = (4, 0, 1, 2, 3) if columns else (3, 0, 1, 2, 4)
+            lines_first[columns] = np.ascontiguousarray(xv.transpose(order))
+        xs = lines_first[columns]
+        g = gates[:, :, d]  # B×G×3×H×W → T×3×B×G×K
+        # always a copy (C order), as _scan zeroes its border gates
+        gs = g.transpose((4, 2, 0, 1, 3) if columns else (3, 2, 0, 1, 4)).copy()
+        if reverse:  # a reversed view: each line stays contiguous
             xs, gs = xs[::-1], gs[::-1]
-        hs = _scan(np.ascontiguousarray(xs), np.ascontiguousarray(gs), three_way)
+        hs = _scan(xs, gs, three_way)
         if reverse:
             hs = hs[::-1]
-        back = hs.transpose(1, 2, 3, 4, 0) if columns else hs.transpose(1, 2, 3, 0, 4)
-        out[:, d] = back.reshape(b, c, h, w)
+        # straight into the output (one copy): B×R×G×H×W
+        target = out[:, d].reshape(b, c // groups, groups, h, w)
+        target[...] = hs.transpose(1, 2, 3, 4, 0) if columns else hs.transpose(1, 2, 3, 0, 4)
     return out
