@@ -30,7 +30,7 @@ class IdentityRefiner(Refiner):
 
     calls = 0
 
-    def refine_probs(self, image_rgb, probs, stats=None):
+    def refine_probs(self, image_rgb, probs, stats=None, *, factor=1.0):
         type(self).calls += 1
         return probs.copy()
 
@@ -110,7 +110,7 @@ def test_void_pixels_pass_through_as_255(identity: Refiner):
 
 def test_labels_only_hold_classes_present_in_the_coarse_map(model_dir: Path):
     class FavoursClassTwo(Refiner):
-        def refine_probs(self, image_rgb, probs, stats=None):
+        def refine_probs(self, image_rgb, probs, stats=None, *, factor=1.0):
             out = probs * 0.2
             out[2] = 0.8
             return out

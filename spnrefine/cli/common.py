@@ -153,9 +153,10 @@ BatchSizeOption = Annotated[int, typer.Option(help="Tiles per model call.")]
 GuardOption = Annotated[
     bool,
     typer.Option(
-        help="Keep the model to what the coarse map leaves open: where the map is sure (or "
-        "unsure only in a band under 3 px wide, as a ×2 map is) it stays, and islands and "
-        "holes it has no trace of are dropped. --no-guard gives the model's map as it is."
+        help="Keep the model to what the coarse map leaves open: where the map is sure (or, "
+        "in a map at most 2.5× smaller than the image, unsure only in a band a few pixels "
+        "wide) it stays, and islands and holes it has no trace of are dropped. --no-guard "
+        "gives the model's map as it is."
     ),
 ]
 CoarseTypeOption = Annotated[
