@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from models import trained_looking
 
 from spnrefine.api import Refiner
 from spnrefine.checkpoint import load_lean_model, load_model, save_model
@@ -29,21 +29,6 @@ BUNDLED = ROOT / "weights"
 EXAMPLES = ROOT / "examples"
 HAS_BUNDLED = (BUNDLED / "model.safetensors").is_file()
 TOLERANCE = 1e-4
-
-
-def _trained_looking(config: ModelConfig, seed: int = 0) -> SPNRefiner:
-    """A model whose batch norms and gate head are far from their initial values, as after
-    training (an untrained head barely propagates, which would hide differences)."""
-    torch.manual_seed(seed)
-    model = SPNRefiner(config)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    nn.init.normal_(model.guidance.head.weight, std=0.3)
-    return model.eval()
 
 
 def _tiles(batch: int, classes: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +72,7 @@ def test_bundled_weights_give_the_torch_models_logits(classes: int, kernels: str
 def test_any_saved_weights_load_into_both_paths_alike(
     config: ModelConfig, kernels: str, tmp_path: Path
 ):
-    folder = save_model(_trained_looking(config), tmp_path / "weights")
+    folder = save_model(trained_looking(config), tmp_path / "weights")
     torch_model, lean = load_model(folder), load_lean_model(folder)
     lean.kernels = kernels
     tiles, probs = _tiles(2, 3, 32)
@@ -98,7 +83,7 @@ def test_any_saved_weights_load_into_both_paths_alike(
 
 
 def test_the_tiler_gives_the_same_map_on_either_path():
-    model = _trained_looking(ModelConfig(widths=(8, 16, 24)))
+    model = trained_looking(ModelConfig(widths=(8, 16, 24)))
     lean = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
@@ -111,7 +96,7 @@ def test_the_tiler_gives_the_same_map_on_either_path():
 
 
 def test_many_classes_are_refined_in_parts_with_the_same_result(monkeypatch):
-    model = _trained_looking(ModelConfig(widths=(8, 16)))
+    model = trained_looking(ModelConfig(widths=(8, 16)))
     lean = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
     tiles, probs = _tiles(2, 7, 32)
     whole = lean.tile_logits(tiles, probs)
@@ -141,7 +126,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
 
 
 def test_a_pickled_lean_refiner_computes_the_same():
-    model = _trained_looking(ModelConfig(widths=(8, 16)))
+    model = trained_looking(ModelConfig(widths=(8, 16)))
     lean = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
     tiles, probs = _tiles(1, 2, 32)
     again = pickle.loads(pickle.dumps(lean))
@@ -167,7 +152,7 @@ def test_refining_on_the_cpu_does_not_import_torch_nor_numba_for_one_photo(tmp_p
 def test_a_refiner_moves_from_the_numpy_kernels_to_numba_after_enough_maps(monkeypatch):
     from spnrefine.model import kernels, kernels_numpy, lean
 
-    model = _trained_looking(ModelConfig(widths=(8, 16)))
+    model = trained_looking(ModelConfig(widths=(8, 16)))
     refiner = LeanRefiner(model.config, {k: v.numpy() for k, v in model.state_dict().items()})
     # as if numba were not loaded yet in this process
     monkeypatch.delitem(sys.modules, "spnrefine.model.kernels")

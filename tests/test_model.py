@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import trained_looking
 from torch import nn
 
 from spnrefine.model import ModelConfig, SPNRefiner
@@ -11,20 +12,6 @@ from spnrefine.model.fast import fold_batchnorm
 from spnrefine.model.grow import widen_guidance
 from spnrefine.propagation import normalize_gates
 from spnrefine.propagation.normalize import normalize_gates_inplace
-
-
-def _nontrivial(config: ModelConfig, seed: int = 0) -> SPNRefiner:
-    """A model whose batch norms and gate head are far from their initial values."""
-    torch.manual_seed(seed)
-    model = SPNRefiner(config)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    nn.init.normal_(model.guidance.head.weight, std=0.3)
-    return model.eval()
 
 
 def _inputs(batch: int, classes: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +32,7 @@ def _inputs(batch: int, classes: int, size: int = 32) -> tuple[torch.Tensor, tor
 )
 @pytest.mark.parametrize("classes", [1, 2, 5])
 def test_inference_fast_path_matches_the_torch_path(config: ModelConfig, classes: int):
-    model = _nontrivial(config)
+    model = trained_looking(config)
     image, probs = _inputs(2, classes)
     with torch.enable_grad():  # autograd on: the plain torch modules run
         expected = model(image, probs).detach()
@@ -58,7 +45,7 @@ def test_inference_fast_path_matches_the_torch_path(config: ModelConfig, classes
 
 
 def test_fold_batchnorm_leaves_the_original_model_alone():
-    model = _nontrivial(ModelConfig())
+    model = trained_looking(ModelConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
@@ -135,7 +122,7 @@ def test_light_guidance_costs_less_than_the_unet():
 
 @pytest.mark.parametrize("widths", [(8, 16, 24), (12, 16, 40)])
 def test_widened_guidance_computes_what_the_trained_one_did(widths):
-    narrow = _nontrivial(ModelConfig(hidden=4, gate_groups=2, widths=(8, 16, 24), readout=6))
+    narrow = trained_looking(ModelConfig(hidden=4, gate_groups=2, widths=(8, 16, 24), readout=6))
     torch.manual_seed(3)
     wide = widen_guidance(narrow, widths)
     assert wide.config.widths == widths and wide.config.hidden == 4

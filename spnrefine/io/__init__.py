@@ -6,8 +6,9 @@ without numpy, PIL or OpenCV.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from spnrefine.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from spnrefine.io.coarse import CoarseMap, CoarseType, load_coarse
@@ -60,7 +61,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'spnrefine.io' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOMES)

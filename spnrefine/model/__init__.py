@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spnrefine.lazy import lazy_attributes
 from spnrefine.model.architectures import ARCHITECTURES, TileModel, build_model
 from spnrefine.model.config import ModelConfig
 
@@ -32,9 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'spnrefine.model' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

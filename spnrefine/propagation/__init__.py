@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spnrefine.lazy import lazy_attributes
 from spnrefine.propagation.layout import DIRECTIONS, MODES
 
 if TYPE_CHECKING:
@@ -67,9 +68,4 @@ def propagate(
     return merge_directions(per_direction, merge)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'spnrefine.propagation' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
