@@ -5,6 +5,8 @@ coarse map has no trace of them go back to the coarse map."""
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -18,9 +20,10 @@ as a ×2 one) is kept as it is, and the rims of a wider band too. Only for maps 
 by at most `SHARP_FACTOR`."""
 SHARP_FACTOR = 2.5
 """A coarse map upsampled by at most this factor (one at the image's resolution, or at half of
-it) is already sharp, and `narrow` keeps its band of doubt. From a coarser map the whole band
-is open to the refiner: a hard mask at 1/4 or 1/8 leaves doubt over 4-8 px once upsampled,
-and the true edge may lie anywhere in it."""
+it) is already sharp, and `narrow` keeps its band of doubt. In a coarser one a pixel covers
+`factor` image pixels, so the true edge may lie anywhere within factor/2 px of the map's own
+edge: there the refiner stays free (a hard mask at 1/8 leaves just that 8 px ramp of doubt
+once upsampled), and `narrow` keeps only the rims of a wider band."""
 DEFAULT_TRACE = 0.3
 """Binary maps: a refined foreground island or background hole survives only where the coarse
 map gives its class at least this probability somewhere inside it."""
@@ -33,18 +36,35 @@ def trust(
     factor: float = 1.0,
 ) -> np.ndarray:
     """H×W weight of the refined map against the C×H×W coarse one: 0 where the coarse map is
-    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then, for a map upsampled
-    by at most `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), the
-    least weight within `narrow` px (a morphological erosion)."""
+    sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then the least weight
+    within `narrow` px (a morphological erosion), except, for a map upsampled by more than
+    `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), within factor/2 px
+    of the edges of its arg-max."""
     uncertainty = 1.0 - coarse.max(axis=0)
     if sure > 0:
         weight = np.clip(uncertainty / sure - 1.0, 0.0, 1.0).astype(np.float32)
     else:
         weight = (uncertainty > 0).astype(np.float32)
-    if narrow > 0 and factor <= SHARP_FACTOR:
-        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * narrow + 1, 2 * narrow + 1))
-        weight = cv2.erode(weight, disk, borderType=cv2.BORDER_REPLICATE)
-    return weight
+    if narrow <= 0:
+        return weight
+    kept = cv2.erode(weight, _disk(narrow), borderType=cv2.BORDER_REPLICATE)
+    if factor <= SHARP_FACTOR:
+        return kept
+    return np.maximum(kept, weight * _near_edges(coarse.argmax(axis=0), factor / 2))
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _near_edges(labels: np.ndarray, reach: float) -> np.ndarray:
+    """H×W float32: 1 within `reach` px of a pixel whose right or lower neighbour has another
+    label, else 0."""
+    edges = np.zeros(labels.shape, np.uint8)
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    near = cv2.dilate(edges, _disk(max(1, math.ceil(reach))))
+    return near.astype(np.float32)
 
 
 def untraced_parts(
