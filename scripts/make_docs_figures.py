@@ -275,8 +275,10 @@ def propagation_figure(refiner: Refiner, path: Path, y0: int = 96, x0: int = 224
     crop = image[y0 : y0 + tile, x0 : x0 + tile]
     fg = step[y0 : y0 + tile, x0 : x0 + tile]
 
-    model = refiner.model
+    # The torch model (on a CPU the refiner holds its torch-free twin, which has to_torch).
+    model = refiner.model.to_torch() if hasattr(refiner.model, "to_torch") else refiner.model
     device = refiner.device
+    model = model.to(device)
     img_t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].float() / 255
     probs_t = torch.from_numpy(np.stack([1 - fg, fg]))[None].float()
     img_t, probs_t = img_t.to(device), probs_t.to(device)
