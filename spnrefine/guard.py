@@ -10,6 +10,8 @@ import math
 import cv2
 import numpy as np
 
+from spnrefine.labels import argmax_classes
+
 DEFAULT_SURE = 0.02
 """Coarse uncertainty (1 − top probability) at and below which the coarse map is kept; the
 refined map takes over linearly up to twice this."""
@@ -50,7 +52,7 @@ def trust(
     kept = cv2.erode(weight, _disk(narrow), borderType=cv2.BORDER_REPLICATE)
     if factor <= SHARP_FACTOR:
         return kept
-    return np.maximum(kept, weight * _near_edges(coarse.argmax(axis=0), factor / 2))
+    return np.maximum(kept, weight * _near_edges(argmax_classes(coarse), factor / 2))
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -76,7 +78,7 @@ def untraced_parts(
     for c in np.flatnonzero(np.bincount(labels.ravel(), minlength=coarse.shape[0])):
         count, parts = cv2.connectedComponents((labels == c).view(np.uint8), connectivity=8)
         traced = np.zeros(count, bool)
-        traced[np.unique(parts[coarse[c] >= trace])] = True
+        traced[parts[coarse[c] >= trace]] = True
         traced[0] = True  # the pixels of the other classes
         out |= ~traced[parts]
     return out
@@ -99,6 +101,6 @@ def guard(
     weight = trust(coarse, sure, narrow, factor)
     out = weight * refined + (1.0 - weight) * coarse
     if coarse.shape[0] == 2 and trace > 0:
-        untraced = untraced_parts(out.argmax(axis=0).astype(np.uint8), coarse, trace)
+        untraced = untraced_parts(argmax_classes(out), coarse, trace)
         out[:, untraced] = coarse[:, untraced]
     return out.astype(np.float32, copy=False)

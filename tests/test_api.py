@@ -355,3 +355,16 @@ def test_cuda_without_a_gpu_is_an_error(model_dir: Path):
 def test_auto_device_is_the_cpu_without_a_gpu(model_dir: Path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert Refiner.load(model_dir).device == expected
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 11])
+def test_argmax_classes_is_numpys_argmax_ties_included(classes: int):
+    from spnrefine.labels import argmax_classes
+
+    rng = np.random.default_rng(classes)
+    probs = rng.random((classes, 30, 40)).astype(np.float32)
+    probs[:, :5, :5] = 0.25  # every class ties: the first wins
+    probs[-1, 5:8, :] = probs[0, 5:8, :]  # the last ties with the first
+    got = argmax_classes(probs)
+    assert np.array_equal(got, probs.argmax(axis=0))
+    assert got.dtype == np.uint8
