@@ -200,17 +200,19 @@ class Folder:
         return [s for s in self.stems if s in val]
 
 
-def coarse_file_probs(path: Path, classes: int, size: tuple[int, int]) -> np.ndarray:
-    """A coarse map file at any resolution → C×H×W probabilities at ``size``: a soft 0-255
-    foreground map for binary sets, class ids (255 = void) for multi-class ones. Each axis is
-    resized to the image's (segmenter maps may come from a stretched square input)."""
+def coarse_file_probs(path: Path, classes: int, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """A coarse map file at any resolution → C×H×W probabilities at ``size`` (a soft 0-255
+    foreground map for binary sets, class ids, 255 = void, for multi-class ones) and how much
+    it was upsampled. Each axis is resized to the image's (segmenter maps may come from a
+    stretched square input)."""
     coarse = read_gray(path)
     if coarse is None or coarse.ndim != 2:
         raise MissingData(f"{path}: not a single-channel PNG")
+    factor = min(size[0] / coarse.shape[0], size[1] / coarse.shape[1])
     if classes == 2:
         fg = cv2.resize(coarse.astype(np.float32) / 255, size[::-1], cv2.INTER_LINEAR)
-        return np.stack([1 - fg, fg]).astype(np.float32)
-    return upsample_onehot(onehot_of(coarse, classes), size)
+        return np.stack([1 - fg, fg]).astype(np.float32), factor
+    return upsample_onehot(onehot_of(coarse, classes), size), factor
 
 
 @dataclass
@@ -264,10 +266,7 @@ def file_row(
     def items() -> Iterator[Sample]:
         for stem in stems:
             gt = folder.gt(stem)
-            path = coarse_dir / f"{stem}.png"
-            probs = coarse_file_probs(path, classes, gt.shape)
-            small = read_gray(path).shape[:2]
-            factor = min(gt.shape[0] / small[0], gt.shape[1] / small[1])
+            probs, factor = coarse_file_probs(coarse_dir / f"{stem}.png", classes, gt.shape)
             yield Sample(folder.image(stem), probs, gt, factor)
 
     return Row(group, set_name or folder.name, source, classes, items, len(stems))

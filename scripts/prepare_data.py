@@ -210,12 +210,15 @@ def _grey_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
+CLOTHING_LAST = 800  # the clothing set's photos 0001-0800 are ours; the rest is never read
+
+
 @register(
     name="clothing", repo="bearpaw/clothing-co-parsing",
     commit="fe34fb77721a9973fbae92c05f7f12b664d10110",
     paths="photos/NNNN.jpg, annotations/pixel-level/NNNN.mat (NNNN = 0001-0800 only)",
     conversion="variable `groundtruth` of each .mat, class ids 0-58 as they are (0 = background; "
-    "names in classes.txt from label_list.mat); photos 0801-1004 are reserved and never read",
+    "names in classes.txt from label_list.mat); only photos 0001-0800 are read",
     terms="repository Apache-2.0; web photos: research use",
     domain="people, fashion (street photos)", kind="multiclass",
     boundary="superpixel-based labelling",
@@ -223,7 +226,7 @@ def _grey_to_rgb(image: np.ndarray) -> np.ndarray:
 def clothing(snap: Snapshot) -> Iterator[Pair]:
     for path in snap.glob(r"annotations/pixel-level/\d{4}\.mat"):
         stem = Path(path).stem
-        if int(stem) > 800:  # 0801-1004: reserved for independent evaluation
+        if not 1 <= int(stem) <= CLOTHING_LAST:  # only the photos this project may use
             continue
         image = snap.image(f"photos/{stem}.jpg")
         data = snap.read(path)

@@ -10,8 +10,9 @@ from spnrefine.io.coarse import VOID, CoarseMap
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:
     """H×W index of the largest of C×H×W probabilities (the first on ties, as np.argmax):
-    one pass per class over whole planes, many times faster than ``argmax(axis=0)``, which
-    walks the class axis pixel by pixel (40 ms against 4 ms at 1920×1080, two classes)."""
+    one pass per class over whole planes, faster than ``argmax(axis=0)``, which walks the
+    class axis pixel by pixel (1920×1080, two classes: 5 ms against 53 ms for a mask, 25 ms
+    against 68 ms for random values)."""
     best = probs[0].copy()
     index = np.zeros(best.shape, np.uint8 if len(probs) <= 256 else np.int32)
     for c in range(1, len(probs)):

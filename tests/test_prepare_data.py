@@ -132,11 +132,11 @@ def _files() -> dict[str, bytes]:
     Image.fromarray(target, "L").save(target_png, "PNG")
     nid = "ab" * 32
     return {
-        # clothing: 0801 exists upstream too and must never be read
+        # clothing: a photo past the last one the project may use must never be read
         "photos/0001.jpg": _img(),
-        "photos/0801.jpg": _img(),
+        "photos/1234.jpg": _img(),
         "annotations/pixel-level/0001.mat": write_mat({"groundtruth": labels}),
-        "annotations/pixel-level/0801.mat": write_mat({"groundtruth": labels}),
+        "annotations/pixel-level/1234.mat": write_mat({"groundtruth": labels}),
         "label_list.mat": write_mat({"label_list": ["null", "accessories"]}),
         # nuclei
         f"stage1_train/{nid}/images/{nid}.png": _img("PNG", "RGB"),
@@ -243,9 +243,10 @@ def test_converter_writes_pairs_from_a_fake_snapshot(name, snapshot, tmp_path):
     assert info["pairs"] == len(masks)
 
 
-def test_clothing_never_reads_reserved_photos(snapshot, tmp_path):
+def test_clothing_reads_only_the_photos_the_project_may_use(snapshot, tmp_path):
     _prepared("clothing", snapshot, tmp_path)
-    assert not list(tmp_path.rglob("0801*"))
+    assert not list(tmp_path.rglob("1234*"))
+    assert list(tmp_path.rglob("0001*"))
     assert (tmp_path / "clothing" / "classes.txt").read_text().split() == ["null", "accessories"]
 
 

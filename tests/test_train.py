@@ -397,9 +397,7 @@ def test_a_worker_that_cannot_load_its_data_stops_the_run_instead_of_hanging(tmp
         f"list(batches([], ([{missing!r}], 0.34, 0, ()), seed=0, batch_size=2, tile=32,"
         " first=0, last=2, workers=1))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "missing" in done.stderr
 
@@ -682,20 +680,9 @@ def test_cli_resume_restores_the_runs_settings(tmp_path):
     data = make_folder(tmp_path / "d", n=9)
     out = tmp_path / "run"
     common = ["train", data, "-o", out, "--batch-size", "2", "--val-fraction", "0.34"]
-    first = _cli(
-        *common,
-        *TINY_FLAGS,
-        "--steps",
-        "4",
-        "--val-every",
-        "2",
-        "--lr",
-        "0.01",
-        "--warmup",
-        "1",
-        "--until",
-        "2",
-    )
+    settings = [*common, *TINY_FLAGS, "--steps", "4", "--val-every", "2", "--lr", "0.01"]
+    settings += ["--warmup", "1"]
+    first = _cli(*settings, "--until", "2")
     assert first.exit_code == 0, first.output
     # Nothing but the data and --resume: the run's steps, learning rate and warm-up go on.
     resumed = _cli("train", data, "-o", out, "--resume")
@@ -708,19 +695,7 @@ def test_cli_resume_restores_the_runs_settings(tmp_path):
         4,
     )
     # The first command again with --resume: the same settings, nothing refused.
-    same = _cli(
-        *common,
-        *TINY_FLAGS,
-        "--steps",
-        "4",
-        "--val-every",
-        "2",
-        "--lr",
-        "0.01",
-        "--warmup",
-        "1",
-        "--resume",
-    )
+    same = _cli(*settings, "--resume")
     assert same.exit_code == 0, same.output
     wider = _cli("train", data, "-o", out, "--resume", "--widths", "8,24")
     assert wider.exit_code == 2 and "fixed by the run's checkpoint (8,16)" in wider.output

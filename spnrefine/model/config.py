@@ -17,6 +17,14 @@ from pathlib import Path
 ACTIVATIONS = ("relu", "elu")
 DEFAULT_ARCHITECTURE = "spn-refiner"
 
+# Fixed shapes of the refiner, shared by the torch model and its torch-free twin (lean.py).
+NUM_CUES = 2  # class-agnostic cues besides RGB: confidence and margin of the coarse map
+FUSION_EXTRA = 4  # the light net's full-resolution fusion is widths[0] + this many channels wide
+GATES_PER_GROUP = 4 * 3  # four directions × three neighbours
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+LOG_EPS = 1e-4  # the floor under the log cue of each class map
+
 # Fields added after the first release → what a config written before them meant. Every
 # config that save_model wrote holds every field of its day, so an absent one dates it.
 LEGACY: dict[str, Callable[[dict], object]] = {

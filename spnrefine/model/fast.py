@@ -26,8 +26,6 @@ def cpu_inference(t: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and t.device.type == "cpu" and t.dtype == torch.float32
 
 
-
-
 def fused_tail(
     out: torch.Tensor,
     cue: torch.Tensor,

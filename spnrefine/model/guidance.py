@@ -6,15 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spnrefine.model.config import FUSION_EXTRA, GATES_PER_GROUP, IMAGE_MEAN, IMAGE_STD, NUM_CUES
 from spnrefine.model.fast import cpu_inference
 from spnrefine.propagation import normalize_gates
-
-# Class-agnostic cues the guidance net sees besides RGB: confidence and margin of the coarse map.
-NUM_CUES = 2
-FUSION_EXTRA = 4  # the light net's full-resolution fusion is widths[0] + this many channels wide
-GATES_PER_GROUP = 4 * 3  # four directions × three neighbours
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def coarse_cues(probs: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from spnrefine.model.kernels_numpy import LOG_EPS
+from spnrefine.model.config import LOG_EPS
 from spnrefine.propagation.cpu import forward as propagate  # noqa: F401 (the kernel set's)
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spnrefine.model.config import LOG_EPS
 from spnrefine.propagation.vectorized import forward as propagate  # noqa: F401 (the set's)
-
-LOG_EPS = 1e-4  # the floor under the log cue, as in spnrefine.model.refiner
 
 
 def normalize_three_way(raw: np.ndarray) -> None:

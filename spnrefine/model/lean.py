@@ -19,14 +19,18 @@ import sys
 import numpy as np
 
 from spnrefine.model import kernels_numpy, onnx
-from spnrefine.model.config import ModelConfig
+from spnrefine.model.config import (
+    FUSION_EXTRA,
+    GATES_PER_GROUP,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    NUM_CUES,
+    ModelConfig,
+)
 from spnrefine.propagation.layout import DIRECTIONS
 
-# As in spnrefine.model.guidance and .refiner (which import torch, so they are not imported).
-NUM_CUES = 2
-GATES_PER_GROUP = 12
-IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32)
+MEAN = np.array(IMAGE_MEAN, np.float32)[:, None, None]
+STD = np.array(IMAGE_STD, np.float32)[:, None, None]
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
 # Class maps (tiles × classes) propagated in one pass: about 2.7 MB each for 128×128 tiles.
 CLASS_MAPS_PER_PASS = 16
@@ -34,8 +38,8 @@ CLASS_MAPS_PER_PASS = 16
 # 20 MB per 128×128 tile), and the gates take 3 MB per tile.
 TILES_PER_PASS = 4
 # Tile × class maps (128×128) refined with the numpy kernels before a refiner moves to numba:
-# each costs about 12 ms more in numpy (2 cores), about the second that numba takes to load
-# after 85. Measured with `benchmarks/whole_process.py`.
+# the numpy scan costs about 11 ms more per map than numba's (4 tiles × 16 channels: 0.10-0.12 s
+# against 0.02-0.03 s on the 2 cores), so about 90 maps cost the second numba takes to load.
 NUMPY_MAPS = 96
 KERNEL_SETS = ("auto", "numba", "numpy")
 
@@ -184,7 +188,7 @@ def guidance_onnx(config: ModelConfig, weights: _State) -> bytes:
         for j, (skip_width, width) in enumerate(pairs):
             x = graph.concat([graph.up2(x), skips[-2 - j]])
             x = block(x, f"{prefix}.up.{j}", width + skip_width, skip_width)
-        head_in = widths[0] + 4  # FUSION_EXTRA
+        head_in = widths[0] + FUSION_EXTRA
         x = graph.concat([graph.up2(x), skips[0]])
         x = block(x, f"{prefix}.up.{len(pairs)}", widths[1] + widths[0], head_in)
     groups = config.gate_groups * GATES_PER_GROUP
@@ -296,7 +300,7 @@ class LeanRefiner:
         kernels = kernels or self.kernel_set(0)
         n, _, h, w = image.shape
         x = np.empty((n, 3 + NUM_CUES, h, w), np.float32)
-        x[:, :3] = (image - IMAGE_MEAN[:, None, None]) / IMAGE_STD[:, None, None]
+        x[:, :3] = (image - MEAN) / STD
         x[:, 3:] = coarse_cues(probs)
         self.net.setInput(x)
         raw = np.ascontiguousarray(self.net.forward(), dtype=np.float32)

@@ -12,12 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from spnrefine.model.config import ModelConfig
+from spnrefine.model.config import LOG_EPS, ModelConfig
 from spnrefine.model.fast import cpu_inference, fused_tail
 from spnrefine.model.guidance import GuidanceNet, activation, coarse_cues
 from spnrefine.propagation import DIRECTIONS, propagate
-
-_LOG_EPS = 1e-4
 
 
 class SPNRefiner(nn.Module):
@@ -63,7 +61,7 @@ class SPNRefiner(nn.Module):
         b, c, h, w = probs.shape
         k = self.config.hidden
         per_class = probs.reshape(b * c, 1, h, w)
-        cue = torch.cat([per_class, torch.log(per_class.clamp_min(_LOG_EPS))], 1)
+        cue = torch.cat([per_class, torch.log(per_class.clamp_min(LOG_EPS))], 1)
         hidden = self.embed(cue).view(b, c * k, h, w)  # channel (class, j) uses gate set j % G
         merge = "max" if self.config.merge == "max" else None
         out = propagate(hidden, gates, self.config.mode, DIRECTIONS, merge, backend=backend)
