@@ -771,3 +771,57 @@ def test_train_quiet_prints_nothing_on_success(tmp_path):
     result = _cli(*args, *TINY_FLAGS, "--batch-size", "2", "--val-fraction", "0.34")
     assert result.exit_code == 0, result.output
     assert result.output == ""
+
+
+def test_data_weights_decide_how_often_each_folder_gives_the_batch(tmp_path):
+    from spnrefine.train.prefetch import Mix, step_batch
+
+    folders = [make_folder(tmp_path / "a"), make_folder(tmp_path / "b", seed=1)]
+    datasets = [load_dataset(d, 0.34, 0) for d in folders]
+    only_b = [step_batch(datasets, 0, 2, 32, s, Mix((0.0, 1.0))) for s in range(6)]
+    alone = [step_batch(datasets[1:], 0, 2, 32, s, Mix((1.0,))) for s in range(6)]
+    assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(only_b, alone, strict=True))
+    picks = [Mix((3.0, 1.0)).pick(2, np.random.default_rng([0, s])) for s in range(4000)]
+    assert 0.72 < picks.count(0) / len(picks) < 0.78
+    assert all(Mix((0.0, 1.0)).pick(2, np.random.default_rng(s)) == 1 for s in range(50))
+    # no weights: the draw of before, so earlier runs resume to the same batches
+    same = [Mix().pick(2, np.random.default_rng([0, s])) for s in range(20)]
+    assert same == [int(np.random.default_rng([0, s]).integers(2)) for s in range(20)]
+
+
+def test_real_share_decides_how_often_a_patch_takes_a_real_map(tmp_path):
+    from spnrefine.train.sources import SYNTHETIC, pick_source
+
+    rng = np.random.default_rng(0)
+    assert {pick_source(["a", "b"], rng, 0.0) for _ in range(50)} == {SYNTHETIC}
+    assert {pick_source(["a", "b"], rng, 1.0) for _ in range(50)} == {"a", "b"}
+    picks = [pick_source(["a", "b"], rng, 0.25) for _ in range(4000)]
+    assert 0.22 < (len(picks) - picks.count(SYNTHETIC)) / len(picks) < 0.28
+    assert pick_source([], rng, 1.0) == SYNTHETIC
+    data = make_folder(tmp_path / "d", n=6, size=(64, 64))
+    add_source(data, "all-fg", fg_value=255)
+    dataset = load_dataset(data, 0.34, 0, ("all-fg",))
+    fg = sample_batch(dataset, np.random.default_rng(1), 8, 64, real_share=1.0)["coarse"][:, 1]
+    assert np.allclose(fg, 1)
+
+
+def test_train_cli_takes_data_weights_and_refuses_a_wrong_count(tmp_path):
+    from typer.testing import CliRunner
+
+    from spnrefine.cli import app
+
+    a, b = make_folder(tmp_path / "a"), make_folder(tmp_path / "b")
+    out = tmp_path / "run"
+    base = ["train", str(a), str(b), "--out", str(out), "--steps", "2", "--val-every", "2"]
+    small = ["--val-patches", "2", "--batch-size", "2", "--widths", "4,4", "--hidden", "4"]
+    result = CliRunner().invoke(app, [*base, *small, "--data-weights", "1", "-q"])
+    assert result.exit_code == 2  # and said, --quiet or not
+    assert "--data-weights gives 1 share(s) for 2 data folder(s)" in result.output
+    result = CliRunner().invoke(app, [*base, *small, "--data-weights", "x,1", "-q"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(
+        app, [*base, *small, "--data-weights", "3,1", "--real-share", "0.3", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_state.json").read_text())["config"]
+    assert saved["data_weights"] == [3.0, 1.0] and saved["real_share"] == 0.3

@@ -88,10 +88,12 @@ def stdout_console() -> Console:
 
 
 def fail(err: Exception | str, console: Console | None = None) -> typer.Exit:
-    """Print ``err`` as one line on stderr and return the exit to raise."""
+    """Print ``err`` as one line on stderr, --quiet or not, and return the exit to raise."""
     # Escaped: paths and messages may hold [brackets] that rich would read as markup.
     line = f"[bold red]error:[/] {escape(str(err))}"
-    (console or stderr_console()).print(line, highlight=False, soft_wrap=True)
+    if console is None or console.quiet:
+        console = stderr_console()
+    console.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -102,7 +104,7 @@ def tell(report: PairReport, console: Console, json_out: bool, progress_only: bo
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         sys.stdout.flush()
     if report.status == "failed":
-        fail(report.error, console if not console.quiet else None)
+        fail(report.error, console)
     elif report.status == "ok" and not progress_only and report.out is not None:
         w, h = report.details["size"]
         how = (

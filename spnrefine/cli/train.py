@@ -21,6 +21,16 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def parse_shares(text: str) -> list[float]:
+    try:
+        shares = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+    if min(shares) < 0 or sum(shares) <= 0:
+        raise typer.BadParameter(f"{text!r}: shares must be ≥ 0, not all 0")
+    return shares
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
@@ -144,6 +154,23 @@ def train(
             "synthetic recipe, alike.",
         ),
     ] = None,
+    data_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Share of steps per data folder, comma-separated in the folders' order "
+            "(e.g. 2,2,1: the first two twice as often). [default: alike]"
+        ),
+    ] = None,
+    real_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --coarse-source: the share of patches that take one of their image's "
+            "real maps (the rest: the synthetic recipe). [default: each source and the "
+            "recipe alike]",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -186,6 +213,8 @@ def train(
             "ema": ema,
             "thin_weight": thin_weight,
             "coarse_sources": list(coarse_source or []),
+            "data_weights": parse_shares(data_weights) if data_weights else None,
+            "real_share": real_share,
         }
         try:
             config = saved_config(out)
@@ -239,6 +268,8 @@ def train(
         ema=ema,
         thin_weight=thin_weight,
         coarse_sources=list(coarse_source or []),
+        data_weights=parse_shares(data_weights) if data_weights else None,
+        real_share=real_share,
         model=model_config,
         widen_to=parsed_widths if init else None,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from spnrefine.model import ModelConfig
 from spnrefine.train.data import VAL_FRACTION
+from spnrefine.train.prefetch import Mix
 
 
 @dataclass
@@ -34,9 +35,16 @@ class TrainConfig:
     ema: float = 0.0  # decay of the weight average that is validated and saved (0: off)
     thin_weight: float = 0.0  # extra loss weight on parts thinner than THIN_WIDTH (0: off)
     coarse_sources: list[str] = field(default_factory=list)  # coarse-<pattern>/ folders to mix in
+    data_weights: list[float] | None = None  # share of steps per data folder (None: alike)
+    real_share: float | None = None  # patches on a real coarse map where one exists (None: alike)
     model: ModelConfig = field(default_factory=ModelConfig)
     # Settings changed on a resume with override: {"step": N, "<setting>": [before, after]}.
     changes: list[dict] = field(default_factory=list)
+
+    @property
+    def mix(self) -> Mix:
+        weights = tuple(self.data_weights) if self.data_weights else None
+        return Mix(weights, self.real_share)
 
     @property
     def held_out_seed(self) -> int:

@@ -278,11 +278,14 @@ def sample_patch(
     tile: int = 128,
     augment: bool = True,
     factor: float | None = None,
+    real_share: float | None = None,
 ) -> Patch | None:
     """A ``tile``² patch centred near a boundary, or None when it holds fewer than two labels.
 
     With ``augment``: rotation ±15°, scale ×0.5-1.5, horizontal flip, and a freshly
     perturbed coarse map. Without: an axis-aligned crop and the ×``factor`` protocol.
+    ``real_share``: how often a patch takes one of its image's real coarse maps
+    (`spnrefine.train.sources.pick_source`).
     """
     h, w = sample.labels.shape
     if len(sample.boundary):
@@ -306,7 +309,7 @@ def sample_patch(
         return None
     source = sources.SYNTHETIC
     if augment and sample.sources:
-        source = sources.pick_source(list(sample.sources), rng)
+        source = sources.pick_source(list(sample.sources), rng, real_share)
     if sample.coarse is not None:
         coarse = np.stack(
             [cv2.warpAffine(c, matrix, flags=cv2.INTER_LINEAR, **warp) for c in sample.coarse]
@@ -334,6 +337,7 @@ def sample_batch(
     split: str = "train",
     augment: bool = True,
     factor: float | None = None,
+    real_share: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Stack ``batch_size`` boundary patches from one dataset's split."""
     samples = dataset.train if split == "train" else dataset.val
@@ -343,8 +347,9 @@ def sample_batch(
     tries = 0
     while len(patches) < batch_size:
         tries += 1
+        sample = samples[rng.integers(len(samples))]
         patch = sample_patch(
-            samples[rng.integers(len(samples))], dataset.num_classes, rng, tile, augment, factor
+            sample, dataset.num_classes, rng, tile, augment, factor, real_share
         )
         if patch is not None:
             patches.append(patch)

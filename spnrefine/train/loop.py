@@ -112,6 +112,23 @@ def train(
         return _run(config, resume, console, out)
 
 
+def check_mix(config: TrainConfig) -> None:
+    """--data-weights: one positive share per data folder; --real-share: a share."""
+    weights = config.data_weights
+    if weights is not None:
+        if len(weights) != len(config.data):
+            raise SpnrefineError(
+                f"--data-weights gives {len(weights)} share(s) for {len(config.data)} data "
+                "folder(s); give one per folder, in their order",
+                Path(config.data[0]),
+            )
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise SpnrefineError("--data-weights: shares must be ≥ 0, not all 0", Path(config.out))
+    share = config.real_share
+    if share is not None and not 0 <= share <= 1:
+        raise SpnrefineError(f"--real-share {share}: expected a share from 0 to 1", Path(config.out))
+
+
 def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path:
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
@@ -120,6 +137,7 @@ def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path
         for d in config.data
     ]
     sources.check_patterns(config.coarse_sources, {d.root: d.sources for d in datasets})
+    check_mix(config)
     for d in datasets:
         if not d.val:
             raise SpnrefineError(
@@ -203,6 +221,7 @@ def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path
                 step,
                 last,
                 config.workers,
+                config.mix,
             )
             for prepared in stream:
                 batch = to_torch(prepared, device)

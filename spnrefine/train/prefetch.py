@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,19 +23,36 @@ Source = tuple[Sequence[str], float, int, tuple[str, ...]]
 AHEAD = 4  # batches waiting per worker
 
 
+@dataclass(frozen=True)
+class Mix:
+    """How a run mixes its data: the share of steps each data folder gets (``weights``, one
+    per folder, None: alike), and how often a patch takes a real coarse map where its image
+    has one (``real_share``, None: a real source counts as one choice beside the synthetic
+    recipe)."""
+
+    weights: tuple[float, ...] | None = None
+    real_share: float | None = None
+
+    def pick(self, count: int, rng: np.random.Generator) -> int:
+        if self.weights is None:
+            return int(rng.integers(count))
+        shares = np.asarray(self.weights, float)
+        return int(rng.choice(count, p=shares / shares.sum()))
+
+
 def step_batch(
-    datasets: list[Dataset], seed: int, batch_size: int, tile: int, step: int
+    datasets: list[Dataset], seed: int, batch_size: int, tile: int, step: int, mix: Mix = Mix()
 ) -> dict[str, np.ndarray]:
     """The batch of ``step``: its data folder and patches both drawn from (seed, step)."""
     rng = np.random.default_rng([seed, step])
-    dataset = datasets[int(rng.integers(len(datasets)))]
-    return sample_batch(dataset, rng, batch_size, tile)
+    dataset = datasets[mix.pick(len(datasets), rng)]
+    return sample_batch(dataset, rng, batch_size, tile, real_share=mix.real_share)
 
 
 _worker: dict = {}
 
 
-def _init_worker(source: Source, seed: int, batch_size: int, tile: int) -> None:
+def _init_worker(source: Source, seed: int, batch_size: int, tile: int, mix: Mix) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core's worth of patch cutting per worker
@@ -48,13 +66,14 @@ def _init_worker(source: Source, seed: int, batch_size: int, tile: int) -> None:
     except Exception as err:
         _worker["error"] = err
     _worker["args"] = (seed, batch_size, tile)
+    _worker["mix"] = mix
 
 
 def _cut(step: int) -> dict[str, np.ndarray]:
     if "error" in _worker:
         raise _worker["error"]
     seed, batch_size, tile = _worker["args"]
-    return step_batch(_worker["datasets"], seed, batch_size, tile, step)
+    return step_batch(_worker["datasets"], seed, batch_size, tile, step, _worker["mix"])
 
 
 def batches(
@@ -66,16 +85,17 @@ def batches(
     first: int,
     last: int,
     workers: int = 0,
+    mix: Mix = Mix(),
 ) -> Iterator[dict[str, np.ndarray]]:
     """The batches of steps ``first..last-1`` in order. With ``workers`` > 0, that many
     processes cut them ahead (at most ``AHEAD`` per worker waiting) from ``source``, which
     must load to ``datasets``; with 0, the caller's ``datasets`` are used in the loop."""
     if workers <= 0:
         for step in range(first, last):
-            yield step_batch(datasets, seed, batch_size, tile, step)
+            yield step_batch(datasets, seed, batch_size, tile, step, mix)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, _init_worker, (source, seed, batch_size, tile)) as pool:
+    with context.Pool(workers, _init_worker, (source, seed, batch_size, tile, mix)) as pool:
         pending: deque = deque()
         upcoming = iter(range(first, last))
         for step in upcoming:

@@ -116,7 +116,15 @@ def warp_small(
     return np.stack([cv2.warpAffine(channel, composed, **warp) for channel in small])
 
 
-def pick_source(names: Sequence[str], rng: np.random.Generator) -> str:
-    """A patch's coarse source: each of the image's real sources or the synthetic recipe, alike."""
-    options = [SYNTHETIC, *names]
-    return options[int(rng.integers(len(options)))]
+def pick_source(
+    names: Sequence[str], rng: np.random.Generator, real_share: float | None = None
+) -> str:
+    """A patch's coarse source. With ``real_share`` None: each of the image's real sources or
+    the synthetic recipe, alike. Otherwise one of the real sources (alike) with that
+    probability, and the synthetic recipe with the rest."""
+    if real_share is None:
+        options = [SYNTHETIC, *names]
+        return options[int(rng.integers(len(options)))]
+    if not names or rng.random() >= real_share:
+        return SYNTHETIC
+    return names[int(rng.integers(len(names)))]

@@ -79,6 +79,8 @@ RESTORED = (
     "val_factor",
     "init",
     "widen_to",
+    "data_weights",
+    "real_share",
 )
 # Settings no resume may change: they decide the batches, the held-out data or the loss.
 FIXED = (
