@@ -62,7 +62,7 @@ def edge_profile(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 def peak_offset(profile: np.ndarray) -> float:
     i = int(np.argmax(profile))
     if 0 < i < len(profile) - 1:  # parabola through the maximum and its neighbours
-        a, b, c = profile[i - 1: i + 2]
+        a, b, c = profile[i - 1 : i + 2]
         den = a - 2 * b + c
         return OFFSETS[i] + (0.5 * (a - c) / den if den else 0.0)
     return float(OFFSETS[i])
@@ -105,7 +105,9 @@ def check(root: Path, sample: int, overlays: Path | None) -> dict:
             Image.fromarray(overlay(image, mask)).save(overlays / name)
     mean = np.mean(profiles, 0) if profiles else None
     return {
-        "pairs": len(masks), "opened": len(picked), "size mismatches": len(bad),
+        "pairs": len(masks),
+        "opened": len(picked),
+        "size mismatches": len(bad),
         "mask values": sorted(values)[:8] + (["..."] if len(values) > 8 else []),
         "peak": None if mean is None else round(float(peak_offset(mean)), 2),
         "contrast": None if mean is None else round(float(mean[4] / mean[[0, -1]].mean()), 2),

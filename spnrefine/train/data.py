@@ -348,9 +348,7 @@ def sample_batch(
     while len(patches) < batch_size:
         tries += 1
         sample = samples[rng.integers(len(samples))]
-        patch = sample_patch(
-            sample, dataset.num_classes, rng, tile, augment, factor, real_share
-        )
+        patch = sample_patch(sample, dataset.num_classes, rng, tile, augment, factor, real_share)
         if patch is not None:
             patches.append(patch)
         elif tries > 50 * batch_size:

@@ -126,7 +126,9 @@ def check_mix(config: TrainConfig) -> None:
             raise SpnrefineError("--data-weights: shares must be ≥ 0, not all 0", Path(config.out))
     share = config.real_share
     if share is not None and not 0 <= share <= 1:
-        raise SpnrefineError(f"--real-share {share}: expected a share from 0 to 1", Path(config.out))
+        raise SpnrefineError(
+            f"--real-share {share}: expected a share from 0 to 1", Path(config.out)
+        )
 
 
 def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path:
