@@ -195,6 +195,8 @@ def run_batch(
     (spnrefine.resume) finds done is reported as skipped. A progress bar with ETA goes to
     `console` (stderr) unless it is None or quiet."""
     resume = Resume(refiner, options)
+    if len(pairs) > 1 and hasattr(refiner, "expect_many"):
+        refiner.expect_many()  # kernels that pay for their loading over many images
 
     def reports() -> Iterator[PairReport]:
         for pair, done in resume.plan(pairs):

@@ -201,8 +201,15 @@ class Predictor:
             confident=self.confident,
             stats=stats,
             multiple=self.model.tile_multiple,
+            expect=getattr(self.model, "expect", None) if self.device == "cpu" else None,
         )
         return do_no_harm(probs, refined, factor=factor) if self.guard else refined
+
+    def expect_many(self) -> None:
+        """Many images are coming (a batch): a model that picks its kernels by the work ahead
+        takes those that pay for their loading over many images."""
+        if self.device == "cpu" and hasattr(self.model, "expect_many"):
+            self.model.expect_many()
 
     def to(self, device: Device) -> Predictor:
         """The same refiner (weights, method, settings) on another device: a worker that was

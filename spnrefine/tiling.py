@@ -100,12 +100,14 @@ def refine_tiled(
     confident: float = 0.98,
     stats: TileStats | None = None,
     multiple: int = 8,
+    expect: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Refine C×H×W probabilities against an H×W×3 uint8 RGB image; returns C×H×W float32.
 
     ``model(tiles, probs)`` gives the logits of a batch of tiles (see the module docstring);
     ``multiple`` is what tile sides must divide by for it (the model's ``tile_multiple``), which
-    a tile shrunk to a small image keeps.
+    a tile shrunk to a small image keeps. ``expect``, when given, is told the image's tile ×
+    class maps before the first model call (a model may pick its kernels by the work ahead).
     """
     if tile % 8 or tile < 16:
         raise ValueError(f"tile size must be a multiple of 8 and at least 16, got {tile}")
@@ -141,6 +143,7 @@ def refine_tiled(
         stats.refined += len(pending)
         pending.clear()
 
+    planned: list[tuple[int, int, np.ndarray]] = []
     for y, x in _tiles(ph, pw, tile, overlap):
         stats.total += 1
         part = probs[:, y : y + tile, x : x + tile]
@@ -148,7 +151,11 @@ def refine_tiled(
         if len(present) < 2 or part.min(axis=(1, 2)).max() >= confident:
             out[:, y : y + tile, x : x + tile] += part * window
             weight[y : y + tile, x : x + tile] += window
-            continue
+        else:
+            planned.append((y, x, present))
+    if expect is not None and planned:
+        expect(sum(len(classes) for _, _, classes in planned))
+    for y, x, present in planned:
         # A batch holds every tile's maps at its widest tile's class count: bound the class
         # maps it holds, so that memory stays bounded whatever the class count.
         widest = max([len(present), *(len(classes) for _, _, classes in pending)])

@@ -115,6 +115,21 @@ def test_run_batch_reports_every_pair_in_order_past_a_bad_one(bilinear, tmp_path
     assert [r.status for r in again] == ["skipped", "failed", "skipped"]
 
 
+def test_a_batch_of_several_pairs_tells_the_refiner_that_many_images_come(tmp_path: Path):
+    from spnrefine.model.lean import LeanRefiner
+
+    small_pair(tmp_path, "a")
+    small_pair(tmp_path, "b")
+    refiner = Refiner.load(device="cpu")
+    assert isinstance(refiner.model, LeanRefiner) and refiner.model.maps_expected == 0
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", None)
+    assert [r.status for r in run_batch(refiner, pairs[:1], PairOptions())] == ["ok"]
+    assert refiner.model.maps_expected <= refiner.model.maps_done  # one image: its own maps
+    assert [r.status for r in run_batch(refiner, pairs, PairOptions())] == ["skipped", "ok"]
+    assert refiner.model.maps_expected > refiner.model.maps_done
+
+
 def test_run_pairs_counts_and_writes_the_report_also_when_interrupted(bilinear, tmp_path: Path):
     for name in "abc":
         small_pair(tmp_path, name)

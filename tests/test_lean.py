@@ -177,6 +177,45 @@ def test_a_refiner_moves_from_the_numpy_kernels_to_numba_after_enough_maps(monke
         LeanRefiner(model.config, refiner.state, kernels="fast")
 
 
+def test_work_announced_ahead_goes_to_numba_from_the_first_call(monkeypatch):
+    from spnrefine.model import kernels, kernels_numpy, lean
+    from spnrefine.tiling import refine_tiled
+
+    model = trained_looking(ModelConfig(widths=(8, 16)))
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    monkeypatch.delitem(sys.modules, "spnrefine.model.kernels")
+    used = []
+    for module in (kernels, kernels_numpy):
+        original = module.propagate
+        monkeypatch.setattr(
+            module, "propagate", lambda *a, m=module, f=original: used.append(m) or f(*a)
+        )
+    tiles, probs = _tiles(4, 2, 32)
+    small = LeanRefiner(model.config, state)
+    small.expect(8)  # within what the numpy set pays for
+    small.tile_logits(tiles, probs)
+    assert used == [kernels_numpy]
+    many = LeanRefiner(model.config, state)
+    many.expect_many()  # a batch of several images
+    many.tile_logits(tiles, probs)
+    assert used[-1] is kernels
+    # the tiler announces an image's tile × class maps before its first model call
+    announced = []
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 96, 3), np.uint8)
+    fg = np.clip(rng.random((64, 96)) * 1.2, 0, 1).astype(np.float32)
+    refine_tiled(
+        lambda t, p: np.zeros(p.shape, np.float32),
+        image,
+        np.stack([1 - fg, fg]),
+        tile=32,
+        overlap=8,
+        expect=announced.append,
+    )
+    assert announced == [2 * 12]  # 3 × 4 tiles, each unsure, two classes
+    assert lean.NUMPY_MAPS > 8
+
+
 @pytest.mark.skipif(not HAS_BUNDLED, reason="weights/model.safetensors is not there")
 def test_the_api_refines_the_bundled_example_as_the_torch_model_does():
     torch_model = load_model(BUNDLED)

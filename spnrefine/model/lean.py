@@ -2,10 +2,11 @@
 ONNX graph built straight from the weights), the gate normalisation, per-class embedding,
 propagation and tail through numba kernels (`kernels`) or their numpy twins (`kernels_numpy`).
 
-Loading numba and its cached kernels takes about a second; the numpy twins need nothing
-loaded but are slower per pixel. A refiner starts on the numpy set and moves to numba once
-the class maps it has refined in this process pass ``NUMPY_MAPS`` (a one-shot refine of a
-photo-sized image stays on numpy; a batch or a large image soon moves), unless told which.
+Loading numba and its cached kernels takes about half a second; the numpy twins need nothing
+loaded but are slower per pixel. A refiner runs the numpy set while the class maps it has
+refined, and those it was told to expect (`expect`: the tiler announces an image's maps before
+it starts, a batch of several images announces more than the numpy set pays for), stay within
+``NUMPY_MAPS`` (a one-shot refine of a photo-sized image), and numba beyond, unless told which.
 
 It computes what ``SPNRefiner`` computes in eval mode (the torch model stays the one definition,
 used for training and on a GPU; the tests hold the two against each other), and loads from the
@@ -37,10 +38,12 @@ CLASS_MAPS_PER_PASS = 16
 # Tiles through the model in one pass: OpenCV holds every layer's output of a call (about
 # 20 MB per 128×128 tile), and the gates take 3 MB per tile.
 TILES_PER_PASS = 4
-# Tile × class maps (128×128) refined with the numpy kernels before a refiner moves to numba:
-# the numpy scan costs about 11 ms more per map than numba's (4 tiles × 16 channels: 0.10-0.12 s
-# against 0.02-0.03 s on the 2 cores), so about 90 maps cost the second numba takes to load.
-NUMPY_MAPS = 96
+# Tile × class maps (128×128) a refiner does with the numpy kernels before numba pays for its
+# loading. One-shot `refine` of DAVIS frames, whole processes, numpy against numba on the 2
+# cores: 14 maps 1.07-1.13 s against 1.27-1.65 s, 22 maps 1.01-1.04 s against 1.44-1.50 s,
+# 32 maps 1.15-1.39 s against 1.34-1.60 s, 46 maps 1.81-2.05 s against 1.76-2.03 s, 54 maps
+# 2.26-2.59 s against 2.02-2.23 s.
+NUMPY_MAPS = 48
 KERNEL_SETS = ("auto", "numba", "numpy")
 
 
@@ -227,6 +230,7 @@ class LeanRefiner:
             raise ValueError(f"kernels must be one of {KERNEL_SETS}, got {kernels!r}")
         self.config, self.state, self.kernels = config, state, kernels
         self.maps_done = 0  # class maps refined so far (for kernels="auto")
+        self.maps_expected = 0  # class maps announced ahead (`expect`)
         weights = _State(state)
         k = config.hidden
         self.net = cv2.dnn.readNetFromONNX(np.frombuffer(guidance_onnx(config, weights), np.uint8))
@@ -254,12 +258,21 @@ class LeanRefiner:
     def __setstate__(self, data: dict) -> None:
         self.__init__(data["config"], data["state"], data.get("kernels", "auto"))
 
+    def expect(self, maps: int) -> None:
+        """Announce ``maps`` tile × class maps to come (on top of those refined so far): with
+        the kernels on auto, work the numpy set would not pay for goes to numba from the start."""
+        self.maps_expected = max(self.maps_expected, self.maps_done) + maps
+
+    def expect_many(self) -> None:
+        """Announce more work than the numpy set pays for (a batch of several images)."""
+        self.expect(NUMPY_MAPS + 1)
+
     def kernel_set(self, maps: int):
         """The kernel module for a call that refines ``maps`` tile × class maps."""
         self.maps_done += maps
         use_numpy = self.kernels == "numpy" or (
             self.kernels == "auto"
-            and self.maps_done <= NUMPY_MAPS
+            and max(self.maps_done, self.maps_expected) <= NUMPY_MAPS
             and "spnrefine.model.kernels" not in sys.modules  # numba already paid for
         )
         if use_numpy:
