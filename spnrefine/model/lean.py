@@ -39,11 +39,12 @@ CLASS_MAPS_PER_PASS = 16
 # 20 MB per 128×128 tile), and the gates take 3 MB per tile.
 TILES_PER_PASS = 4
 # Tile × class maps (128×128) a refiner does with the numpy kernels before numba pays for its
-# loading. One-shot `refine` of DAVIS frames, whole processes, numpy against numba on the 2
-# cores: 14 maps 1.07-1.13 s against 1.27-1.65 s, 22 maps 1.01-1.04 s against 1.44-1.50 s,
-# 32 maps 1.15-1.39 s against 1.34-1.60 s, 46 maps 1.81-2.05 s against 1.76-2.03 s, 54 maps
-# 2.26-2.59 s against 2.02-2.23 s.
-NUMPY_MAPS = 48
+# loading, in time and in memory (numba adds about 90 MB resident). One-shot `refine` of DAVIS
+# frames, whole processes, numpy against numba on the 2 cores: 14 maps 1.07-1.13 s against
+# 1.27-1.65 s, 22 maps 1.01-1.04 s against 1.44-1.50 s, 32 maps 1.15-1.39 s against
+# 1.34-1.60 s, 54 maps 2.26-2.59 s against 2.02-2.23 s, 78 maps (1920×1080) 3.33-3.36 s and
+# 263 MB against 3.23-3.28 s and 352 MB.
+NUMPY_MAPS = 96
 KERNEL_SETS = ("auto", "numba", "numpy")
 
 
