@@ -89,6 +89,22 @@ def test_a_hole_with_no_trace_in_the_coarse_map_is_filled_and_a_traced_one_kept(
     assert np.allclose(out[:, 15:25, 15:25], coarse[:, 15:25, 15:25])
 
 
+def test_a_speck_only_half_traced_goes_where_a_coarse_pixel_is_large_and_stays_where_small():
+    fg = np.full((80, 80), 0.8, np.float32)
+    fg[:, :40] = 0.4  # a faint trace of foreground, never the coarse arg-max
+    coarse = binary(fg)
+    cut = fg > 0.5
+    cut[10:12, 10:13] = True  # a 6 px island on the faint trace
+    cut[30:38, 10:18] = True  # a 64 px one
+    at_8 = guard(coarse, binary(cut), narrow=0, factor=8.0).argmax(0)
+    assert not at_8[10:12, 10:13].any()  # under a quarter of a ×8 coarse pixel (16 px)
+    assert at_8[30:38, 10:18].all()
+    at_2 = guard(coarse, binary(cut), narrow=0, factor=2.0).argmax(0)
+    assert at_2[10:12, 10:13].all()  # a ×2 coarse pixel is 4 px: 6 px is no speck
+    fg[10, 11] = 0.55  # where the coarse map chose foreground, a speck stays
+    assert guard(binary(fg), binary(cut), narrow=0, factor=8.0).argmax(0)[10:12, 10:13].all()
+
+
 def test_label_maps_keep_a_class_the_coarse_map_lost():
     coarse = np.zeros((3, 30, 30), np.float32)
     coarse[0] = 0.75
