@@ -29,6 +29,10 @@ class TileModel(Protocol):
       classes independent of each other (tiling passes each tile only the classes present in it).
     - ``tile_multiple``: tile sides must be a multiple of this (the model's downsampling).
     - ``config``: its `ModelConfig` (``config.tile``: the tile size it was trained on).
+
+    Optional, on a CPU: ``expect(maps)``, told an image's tile × class maps before its first
+    ``tile_logits`` call, and ``expect_many()``, told that a batch of images is coming (a
+    model that has several kernel sets picks one by the work ahead, as `LeanRefiner` does).
     """
 
     config: ModelConfig
