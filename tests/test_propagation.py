@@ -59,6 +59,7 @@ SHAPES = [
     (1, 12, 1, 9, 10),  # the CPU kernel splits a group's channels into chunks of 3
     (2, 12, 2, 10, 9),  # one chunk of 6 channels per group
     (1, 2, 2, 130, 131),  # more than one tile of lines in both layouts
+    (2, 8, 4, 7, 7),  # square: the numpy scan runs all four directions in one
 ]
 DIRECTION_SETS = [("lr",), ("rl",), ("tb",), ("bt",), ("lr", "tb"), ("bt", "rl", "lr"), DIRECTIONS]
 
