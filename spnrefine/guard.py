@@ -1,7 +1,8 @@
 """Do no harm: keep the refined map to what the coarse map leaves open. Where the coarse map is
 sure, or (in an already sharp map) unsure only along a band too narrow to hold a boundary
 worth moving, its probabilities stay; islands and holes that the refined mask cuts where the
-coarse map has no trace of them go back to the coarse map."""
+coarse map has no trace of them go back to the coarse map, and specks far smaller than a
+coarse pixel go too."""
 
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ DEFAULT_TRACE = 0.3
 map gives its class at least this probability somewhere inside it."""
 SPECK = 0.25
 """Binary maps: an island or hole smaller than this share of a coarse pixel (factor² image
-pixels) survives only where the coarse map's arg-max is its class somewhere inside it. A
-segmenter's soft map leaves many faint traces that specks of texture match; at ×8 the specks
-the refiner made on MediaPipe's maps of people were 2-11 px (median) and nearly all wrong,
-while on ×8 maps of DAVIS truth such parts were 40-50 px and mostly right."""
+pixels) survives nowhere: where the coarse map's arg-max never takes its class it goes back
+to the coarse map, and where it does (a crumb the refined map broke off a part) it goes to
+the class around it. A segmenter's soft map leaves many faint traces that specks of texture
+match; at ×8 the specks the refiner made on MediaPipe's maps of people were 2-11 px (median)
+and nearly all wrong, and the crumbs 1-3 px, while on ×8 maps of DAVIS truth the parts without
+the coarse arg-max were 40-50 px and mostly right."""
 
 
 def trust(
@@ -76,17 +79,27 @@ def _near_edges(labels: np.ndarray, reach: float) -> np.ndarray:
 
 
 def untraced_parts(
-    labels: np.ndarray, coarse: np.ndarray, trace: float = DEFAULT_TRACE, speck: float = 0.0
+    labels: np.ndarray,
+    coarse: np.ndarray,
+    trace: float = DEFAULT_TRACE,
+    speck: float = 0.0,
+    background: int | None = None,
+    crumbs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """H×W bool: the connected parts of each class of `labels` (8-connected) in which the
-    C×H×W `coarse` never gives that class `trace` or more, and those smaller than `speck`
-    pixels in which it is never the coarse arg-max (over half the probability, or the
-    largest of several)."""
+    """H×W bool: the connected parts of each class of `labels` in which the C×H×W `coarse`
+    never gives that class `trace` or more, and those smaller than `speck` pixels in which it
+    is never the coarse arg-max (over half the probability, or the largest of several).
+    Parts are 8-connected, except those of the `background` class: 4-connected, the dual of
+    8-connected foreground, so that a pocket of background cut off from the rest but for a
+    diagonal step counts as the hole it is. ``crumbs``, an H×W bool array when given, is set
+    where the parts smaller than `speck` are that the coarse map does take for their class
+    (fragments the refined map broke off)."""
     out = np.zeros(labels.shape, bool)
     top = argmax_classes(coarse) if speck > 0 else None
     for c in np.flatnonzero(np.bincount(labels.ravel(), minlength=coarse.shape[0])):
         mine = (labels == c).view(np.uint8)
-        count, parts, stats, _ = cv2.connectedComponentsWithStats(mine, connectivity=8)
+        connectivity = 4 if c == background else 8
+        count, parts, stats, _ = cv2.connectedComponentsWithStats(mine, connectivity=connectivity)
         traced = np.zeros(count, bool)
         traced[parts[coarse[c] >= trace]] = True
         if top is not None:
@@ -95,6 +108,10 @@ def untraced_parts(
                 held = np.zeros(count, bool)
                 held[parts[top == c]] = True
                 traced &= ~small | held
+                if crumbs is not None:
+                    held &= small
+                    held[0] = False
+                    crumbs |= held[parts]
         traced[0] = True  # the pixels of the other classes
         out |= ~traced[parts]
     return out
@@ -114,11 +131,17 @@ def guard(
     into the coarse map by `trust` (`factor`: how much the coarse map was upsampled); then, on
     binary maps, the islands and holes of the result with no trace in the coarse map (and the
     specks under `speck` × factor² px where the coarse map never chose their class) are set
-    back to it. (On label maps a thin class that the coarse map's resolution lost is often
-    right where the refiner brings it back, so no part is dropped there.)"""
+    back to it, and the other specks (crumbs) go to the class around them. (On label maps a
+    thin class that the coarse map's resolution lost is often right where the refiner brings
+    it back, so no part is dropped there.)"""
     weight = trust(coarse, sure, narrow, factor)
     out = weight * refined + (1.0 - weight) * coarse
     if coarse.shape[0] == 2 and trace > 0:
-        untraced = untraced_parts(argmax_classes(out), coarse, trace, speck * factor * factor)
+        speck_px = speck * factor * factor
+        crumbs = np.zeros(coarse.shape[1:], bool)
+        untraced = untraced_parts(
+            argmax_classes(out), coarse, trace, speck_px, background=0, crumbs=crumbs
+        )
         out[:, untraced] = coarse[:, untraced]
+        out[:, crumbs] = out[::-1, crumbs]  # two classes: the other one wins by as much
     return out.astype(np.float32, copy=False)

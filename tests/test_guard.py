@@ -101,8 +101,32 @@ def test_a_speck_only_half_traced_goes_where_a_coarse_pixel_is_large_and_stays_w
     assert at_8[30:38, 10:18].all()
     at_2 = guard(coarse, binary(cut), narrow=0, factor=2.0).argmax(0)
     assert at_2[10:12, 10:13].all()  # a ×2 coarse pixel is 4 px: 6 px is no speck
-    fg[10, 11] = 0.55  # where the coarse map chose foreground, a speck stays
-    assert guard(binary(fg), binary(cut), narrow=0, factor=8.0).argmax(0)[10:12, 10:13].all()
+
+
+def test_a_background_pocket_cut_off_but_for_a_diagonal_step_counts_as_a_hole():
+    fg = np.full((40, 40), 0.8, np.float32)  # unsure foreground, no trace of background
+    fg[:, :8] = 0.0
+    coarse = binary(fg)
+    cut = fg > 0.5
+    cut[10:20, 10:20] = False  # a pocket of background...
+    cut[9, 9] = cut[8, 8] = False  # ...joined to the outside by diagonal steps alone
+    labels = guard(coarse, binary(cut), narrow=0).argmax(0)
+    assert labels[10:20, 10:20].all() and labels[9, 9]  # 4-connected: holes, filled
+    assert not labels[8, 8]  # 4-connected to the background outside
+
+
+def test_crumbs_broken_off_a_part_go_to_the_class_around_them():
+    fg = np.full((80, 80), 0.0, np.float32)
+    fg[20:60, 20:60] = 0.7  # a soft square the coarse map takes for foreground
+    coarse = binary(fg)
+    cut = np.zeros((80, 80), bool)
+    cut[20:60, 20:50] = True  # the refined square is narrower...
+    cut[30:32, 55:57] = True  # ...and left a 4 px crumb of it behind
+    at_8 = guard(coarse, binary(cut.astype(np.float32)), narrow=0, factor=8.0).argmax(0)
+    assert not at_8[30:32, 55:57].any()  # under a quarter of a ×8 coarse pixel: gone
+    assert at_8[20:60, 20:50].all()
+    at_1 = guard(coarse, binary(cut.astype(np.float32)), narrow=0, factor=1.0).argmax(0)
+    assert at_1[30:32, 55:57].all()  # at the map's own resolution nothing is a crumb
 
 
 def test_label_maps_keep_a_class_the_coarse_map_lost():
