@@ -129,6 +129,20 @@ def test_crumbs_broken_off_a_part_go_to_the_class_around_them():
     assert at_1[30:32, 55:57].all()  # at the map's own resolution nothing is a crumb
 
 
+def test_a_part_neither_the_coarse_map_nor_the_model_is_sure_of_goes_back():
+    fg = np.zeros((60, 60), np.float32)
+    fg[:, 30:] = 0.4  # a faint trace of foreground on the right, never the coarse arg-max
+    coarse = binary(fg)
+    refined = np.zeros((60, 60), np.float32)
+    refined[10:20, 35:45] = 0.6  # an island the model is unsure of
+    refined[40:50, 35:45] = 0.9  # one it is sure of
+    labels = guard(coarse, binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert not labels[10:20, 35:45].any()
+    assert labels[40:50, 35:45].all()
+    kept = guard(coarse, binary(refined), narrow=0, factor=8.0, part_sure=0.0).argmax(0)
+    assert kept[10:20, 35:45].all()
+
+
 def test_label_maps_keep_a_class_the_coarse_map_lost():
     coarse = np.zeros((3, 30, 30), np.float32)
     coarse[0] = 0.75
