@@ -106,29 +106,55 @@ def untraced_parts(
     arg-max of), a part in which the coarse arg-max never takes its class is also untraced
     unless its mean probability there is at least `sure`."""
     out = np.zeros(labels.shape, bool)
+    flat_out = out.reshape(-1)
     judged = probs is not None and sure > 0
-    top = argmax_classes(coarse) if speck > 0 or judged else None
+    top = argmax_classes(coarse).reshape(-1) if speck > 0 or judged else None
+    # The coarse arg-max of a class is at least 1/C of the probability: where that reaches
+    # `trace`, a part it takes somewhere is traced, and only the other parts need their pixels
+    # looked at, all of them pixels where the coarse arg-max is another class (few: bands
+    # along the boundaries).
+    argmax_traces = top is not None and trace <= 1.0 / coarse.shape[0]
     for c in np.flatnonzero(np.bincount(labels.ravel(), minlength=coarse.shape[0])):
-        mine = (labels == c).view(np.uint8)
+        mine = labels == c
         connectivity = 4 if c == background else 8
-        count, parts, stats, _ = cv2.connectedComponentsWithStats(mine, connectivity=connectivity)
-        traced = np.zeros(count, bool)
-        traced[parts[coarse[c] >= trace]] = True
-        if top is not None:
-            small = stats[:, cv2.CC_STAT_AREA] < speck
-            held = np.zeros(count, bool)
-            held[parts[top == c]] = True
-            traced &= ~small | held
-            if judged:
-                area = np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
-                mean = np.bincount(parts.ravel(), probs[c].ravel(), minlength=count) / area
-                traced &= held | (mean >= sure)
-            if crumbs is not None and small.any():
-                broken = held & small
-                broken[0] = False
-                crumbs |= broken[parts]
-        traced[0] = True  # the pixels of the other classes
-        out |= ~traced[parts]
+        count, parts, stats, _ = cv2.connectedComponentsWithStats(
+            mine.view(np.uint8), connectivity=connectivity
+        )
+        flat_parts = parts.reshape(-1)
+        area = stats[:, cv2.CC_STAT_AREA]
+        if top is None:
+            traced = np.zeros(count, bool)
+            traced[parts[coarse[c] >= trace]] = True
+            traced[0] = True  # the pixels of the other classes
+            out |= ~traced[parts]
+            continue
+        odd = np.flatnonzero(mine.reshape(-1) & (top != c))  # where the coarse map chose another
+        ids = flat_parts[odd]
+        held = np.bincount(ids, minlength=count) < area  # the coarse arg-max takes it somewhere
+        odd_traced = np.bincount(ids, coarse[c].reshape(-1)[odd] >= trace, minlength=count) > 0
+        if argmax_traces:
+            traced = held | odd_traced
+        else:
+            traced = np.zeros(count, bool)
+            traced[parts[coarse[c] >= trace]] = True
+        small = area < speck
+        keep = traced & (~small | held)
+        if judged:  # a part not held has all its pixels among the odd ones
+            sums = np.bincount(ids, probs[c].reshape(-1)[odd], minlength=count)
+            keep &= held | (sums >= sure * area)
+        keep[0] = True  # the pixels of the other classes
+        if argmax_traces:
+            flat_out[odd[~keep[ids]]] = True  # the parts dropped are not held: all odd
+        else:
+            out |= ~keep[parts]
+        if crumbs is not None:
+            broken = np.flatnonzero(held & small)
+            broken = broken[broken > 0]
+            if len(broken) > 64:
+                crumbs |= np.isin(parts, broken)
+            for i in broken if len(broken) <= 64 else ():
+                x, y, w, h = stats[i, :4]
+                crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
     return out
 
 
@@ -152,7 +178,9 @@ def guard(
     thin class that the coarse map's resolution lost is often right where the refiner brings
     it back, so no part is dropped there.)"""
     weight = trust(coarse, sure, narrow, factor)
-    out = weight * refined + (1.0 - weight) * coarse
+    out = refined - coarse
+    out *= weight
+    out += coarse
     if coarse.shape[0] == 2 and trace > 0:
         speck_px = speck * factor * factor
         crumbs = np.zeros(coarse.shape[1:], bool)
@@ -166,6 +194,8 @@ def guard(
             probs=out,
             sure=part_sure,
         )
-        out[:, untraced] = coarse[:, untraced]
-        out[:, crumbs] = out[::-1, crumbs]  # two classes: the other one wins by as much
+        flat, back = out.reshape(2, -1), np.flatnonzero(untraced)
+        flat[:, back] = coarse.reshape(2, -1)[:, back]
+        swap = np.flatnonzero(crumbs)
+        flat[:, swap] = flat[::-1, swap]  # two classes: the other one wins by as much
     return out.astype(np.float32, copy=False)

@@ -200,3 +200,49 @@ def test_the_predictor_tells_the_guard_how_much_the_coarse_map_was_upsampled(mon
     coarse = CoarseMap(small, [0, 255], "binary", None, None, "test")
     Predictor(model, tile=32, overlap=8, device="cpu").predict(image, coarse)
     assert seen == [8.0]
+
+
+def _parts_by_hand(labels, coarse, trace, speck, background, probs, sure):
+    """untraced_parts written out part by part, for the test below."""
+    import cv2
+
+    out = np.zeros(labels.shape, bool)
+    crumbs = np.zeros(labels.shape, bool)
+    top = coarse.argmax(0)
+    for c in np.unique(labels):
+        connectivity = 4 if c == background else 8
+        count, parts = cv2.connectedComponents(
+            (labels == c).view(np.uint8), connectivity=connectivity
+        )
+        for i in range(1, count):
+            part = parts == i
+            held = (top[part] == c).any()
+            traced = (coarse[c][part] >= trace).any()
+            small = part.sum() < speck
+            sure_enough = probs[c][part].mean() >= sure
+            if not (traced and (held or not small) and (held or sure_enough)):
+                out |= part
+            elif held and small:
+                crumbs |= part
+    return out, crumbs
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_untraced_parts_equals_the_rule_written_out_part_by_part(seed):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    fg = cv2.GaussianBlur(rng.random((60, 70)).astype(np.float32), (0, 0), 2)
+    fg = (fg - fg.min()) / (fg.max() - fg.min())
+    coarse = binary(fg)
+    refined_fg = np.clip(fg + rng.normal(0, 0.25, fg.shape), 0, 1).astype(np.float32)
+    probs = binary(refined_fg)
+    labels = (refined_fg > 0.5).astype(np.uint8)
+    crumbs = np.zeros(labels.shape, bool)
+    got = untraced_parts(
+        labels, coarse, 0.3, 6.0, background=0, crumbs=crumbs, probs=probs, sure=0.65
+    )
+    want, want_crumbs = _parts_by_hand(labels, coarse, 0.3, 6.0, 0, probs, 0.65)
+    assert want.any() and want_crumbs.any()  # the case exercises both rules
+    assert np.array_equal(got, want)
+    assert np.array_equal(crumbs, want_crumbs)
