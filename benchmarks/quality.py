@@ -66,6 +66,7 @@ from spnrefine.metrics import (
 )
 from spnrefine.train.data import VAL_FRACTION, split_stems
 from spnrefine.train.loss import THIN_WIDTH
+from spnrefine.upsample import upsample_probs
 
 SETS = ("davis", "horses", "camvid", "davis-coarse")
 GROUPS = ("in-domain", "unseen-domain", "unseen-segmenter", "do-no-harm")
@@ -131,19 +132,18 @@ def coarse_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
     """C×H×W one-hot → area-downsample ×factor → bilinear back up → renormalised C×H×W."""
     c, h, w = onehot.shape
     small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    hwc = np.ascontiguousarray(onehot.transpose(1, 2, 0))
-    small = cv2.resize(hwc, small_size, interpolation=cv2.INTER_AREA).reshape(*small_size[::-1], c)
-    return upsample_onehot(small.transpose(2, 0, 1), (h, w))
+    # OpenCV 5's area resize takes at most 4 channels at a non-integer ratio: a plane at a time
+    small = np.stack(
+        [cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA) for plane in onehot]
+    )
+    return upsample_onehot(small, (h, w))
 
 
 def upsample_onehot(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """C×h×w probabilities (void: all zero) → bilinear to H×W → renormalised; a pixel with no
     mass in any class (all void) is uniform."""
     c = small.shape[0]
-    h, w = size
-    hwc = np.ascontiguousarray(small.transpose(1, 2, 0).astype(np.float32))
-    up = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
-    probs = np.ascontiguousarray(up.transpose(2, 0, 1))
+    probs = upsample_probs(small.astype(np.float32), size)
     total = probs.sum(0, keepdims=True)
     return np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 1.0 / c).astype(np.float32)
 
