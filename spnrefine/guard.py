@@ -131,9 +131,9 @@ def untraced_parts(
         odd = np.flatnonzero(mine.reshape(-1) & (top != c))  # where the coarse map chose another
         ids = flat_parts[odd]
         held = np.bincount(ids, minlength=count) < area  # the coarse arg-max takes it somewhere
-        odd_traced = np.bincount(ids, coarse[c].reshape(-1)[odd] >= trace, minlength=count) > 0
         if argmax_traces:
-            traced = held | odd_traced
+            odd_traced = coarse[c].reshape(-1)[odd] >= trace
+            traced = held | (np.bincount(ids, odd_traced, minlength=count) > 0)
         else:
             traced = np.zeros(count, bool)
             traced[parts[coarse[c] >= trace]] = True
@@ -150,11 +150,12 @@ def untraced_parts(
         if crumbs is not None:
             broken = np.flatnonzero(held & small)
             broken = broken[broken > 0]
-            if len(broken) > 64:
+            if len(broken) > 64:  # many: one pass over the image
                 crumbs |= np.isin(parts, broken)
-            for i in broken if len(broken) <= 64 else ():
-                x, y, w, h = stats[i, :4]
-                crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
+            else:  # a few: each within its bounding box
+                for i in broken:
+                    x, y, w, h = stats[i, :4]
+                    crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
     return out
 
 
@@ -174,9 +175,9 @@ def guard(
     binary maps, the islands and holes of the result with no trace in the coarse map (and the
     specks under `speck` × factor² px, and the parts the model gives less than `part_sure`,
     where the coarse map never chose their class) are set back to it, and the other specks
-    (crumbs) go to the class around them. (On label maps a
-    thin class that the coarse map's resolution lost is often right where the refiner brings
-    it back, so no part is dropped there.)"""
+    (crumbs) go to the class around them. (On label maps a thin class that the coarse map's
+    resolution lost is often right where the refiner brings it back, so no part is dropped
+    there.)"""
     weight = trust(coarse, sure, narrow, factor)
     out = refined - coarse
     out *= weight
