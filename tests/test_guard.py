@@ -246,3 +246,19 @@ def test_untraced_parts_equals_the_rule_written_out_part_by_part(seed):
     assert want.any() and want_crumbs.any()  # the case exercises both rules
     assert np.array_equal(got, want)
     assert np.array_equal(crumbs, want_crumbs)
+
+
+def test_many_crumbs_are_found_as_a_few_are():
+    labels = np.zeros((50, 50), np.uint8)
+    fg = np.full((50, 50), 0.45, np.float32)
+    labels[2::5, 2::5] = 1  # 100 lone pixels the coarse map takes for foreground
+    fg[2::5, 2::5] = 0.6
+    coarse = binary(fg)
+    crumbs = np.zeros(labels.shape, bool)
+    untraced_parts(labels, coarse, 0.3, 4.0, background=0, crumbs=crumbs)
+    assert np.array_equal(crumbs, labels == 1)
+    few = np.zeros(labels.shape, bool)
+    untraced_parts(
+        labels[:20, :20], coarse[:, :20, :20], 0.3, 4.0, background=0, crumbs=few[:20, :20]
+    )
+    assert np.array_equal(few[:20, :20], labels[:20, :20] == 1)
