@@ -819,6 +819,11 @@ def test_train_cli_takes_data_weights_and_refuses_a_wrong_count(tmp_path):
     assert "--data-weights gives 1 share(s) for 2 data folder(s)" in result.output
     result = CliRunner().invoke(app, [*base, *small, "--data-weights", "x,1", "-q"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(app, [*base, *small, "--real-share", "0.5", "-q"])
+    assert result.exit_code == 2
+    assert "--real-share: no real maps to share" in result.output
+    add_source(a, "half", fg_value=128)
+    base += ["--coarse-source", "half"]
     result = CliRunner().invoke(
         app, [*base, *small, "--data-weights", "3,1", "--real-share", "0.3", "-q"]
     )

@@ -113,7 +113,8 @@ def train(
 
 
 def check_mix(config: TrainConfig) -> None:
-    """--data-weights: one positive share per data folder; --real-share: a share."""
+    """--data-weights: one share ≥ 0 per data folder; --real-share: a share, of real maps
+    that --coarse-source names."""
     weights = config.data_weights
     if weights is not None:
         if len(weights) != len(config.data):
@@ -128,6 +129,11 @@ def check_mix(config: TrainConfig) -> None:
     if share is not None and not 0 <= share <= 1:
         raise SpnrefineError(
             f"--real-share {share}: expected a share from 0 to 1", Path(config.out)
+        )
+    if share is not None and not config.coarse_sources:
+        raise SpnrefineError(
+            "--real-share: no real maps to share; name their folders with --coarse-source",
+            Path(config.data[0]),
         )
 
 
