@@ -415,6 +415,7 @@ class RefineWorker:
 
             torch.set_num_threads(threads)
         self.refiner = refiner.to(device)
+        self.refiner.expect_many()  # a worker refines many pairs: the kernels that pay over many
         self.options = options
 
     def __call__(self, batch):
