@@ -52,12 +52,13 @@ def trust(
     sure: float = DEFAULT_SURE,
     narrow: int = DEFAULT_NARROW,
     factor: float = 1.0,
+    top: np.ndarray | None = None,
 ) -> np.ndarray:
     """H×W weight of the refined map against the C×H×W coarse one: 0 where the coarse map is
     sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then the least weight
     within `narrow` px (a morphological erosion), except, for a map upsampled by more than
     `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), within factor/2 px
-    of the edges of its arg-max."""
+    of the edges of its arg-max (`top`, when the caller has it)."""
     uncertainty = 1.0 - coarse.max(axis=0)
     if sure > 0:
         weight = np.clip(uncertainty / sure - 1.0, 0.0, 1.0).astype(np.float32)
@@ -68,7 +69,8 @@ def trust(
     kept = cv2.erode(weight, _disk(narrow), borderType=cv2.BORDER_REPLICATE)
     if factor <= SHARP_FACTOR:
         return kept
-    return np.maximum(kept, weight * _near_edges(argmax_classes(coarse), factor / 2))
+    top = argmax_classes(coarse) if top is None else top
+    return np.maximum(kept, weight * _near_edges(top, factor / 2))
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -85,6 +87,13 @@ def _near_edges(labels: np.ndarray, reach: float) -> np.ndarray:
     return near.astype(np.float32)
 
 
+def _traced(parts: np.ndarray, count: int, coarse: np.ndarray, trace: float) -> np.ndarray:
+    """Per part: whether the H×W `coarse` probability of its class reaches `trace` in it."""
+    traced = np.zeros(count, bool)
+    traced[parts[coarse >= trace]] = True
+    return traced
+
+
 def untraced_parts(
     labels: np.ndarray,
     coarse: np.ndarray,
@@ -94,6 +103,7 @@ def untraced_parts(
     crumbs: np.ndarray | None = None,
     probs: np.ndarray | None = None,
     sure: float = 0.0,
+    top: np.ndarray | None = None,
 ) -> np.ndarray:
     """H×W bool: the connected parts of each class of `labels` in which the C×H×W `coarse`
     never gives that class `trace` or more, and those smaller than `speck` pixels in which it
@@ -104,11 +114,15 @@ def untraced_parts(
     where the parts smaller than `speck` are that the coarse map does take for their class
     (fragments the refined map broke off). With ``probs`` (the C×H×W map `labels` is the
     arg-max of), a part in which the coarse arg-max never takes its class is also untraced
-    unless its mean probability there is at least `sure`."""
+    unless its mean probability there is at least `sure`. ``top``: the coarse arg-max, when
+    the caller has it."""
     out = np.zeros(labels.shape, bool)
     flat_out = out.reshape(-1)
     judged = probs is not None and sure > 0
-    top = argmax_classes(coarse).reshape(-1) if speck > 0 or judged else None
+    if speck > 0 or judged:
+        top = (argmax_classes(coarse) if top is None else top).reshape(-1)
+    else:
+        top = None
     # The coarse arg-max of a class is at least 1/C of the probability: where that reaches
     # `trace`, a part it takes somewhere is traced, and only the other parts need their pixels
     # looked at, all of them pixels where the coarse arg-max is another class (few: bands
@@ -123,8 +137,7 @@ def untraced_parts(
         flat_parts = parts.reshape(-1)
         area = stats[:, cv2.CC_STAT_AREA]
         if top is None:
-            traced = np.zeros(count, bool)
-            traced[parts[coarse[c] >= trace]] = True
+            traced = _traced(parts, count, coarse[c], trace)
             traced[0] = True  # the pixels of the other classes
             out |= ~traced[parts]
             continue
@@ -135,8 +148,7 @@ def untraced_parts(
             odd_traced = coarse[c].reshape(-1)[odd] >= trace
             traced = held | (np.bincount(ids, odd_traced, minlength=count) > 0)
         else:
-            traced = np.zeros(count, bool)
-            traced[parts[coarse[c] >= trace]] = True
+            traced = _traced(parts, count, coarse[c], trace)
         small = area < speck
         keep = traced & (~small | held)
         if judged:  # a part not held has all its pixels among the odd ones
@@ -178,11 +190,13 @@ def guard(
     (crumbs) go to the class around them. (On label maps a thin class that the coarse map's
     resolution lost is often right where the refiner brings it back, so no part is dropped
     there.)"""
-    weight = trust(coarse, sure, narrow, factor)
+    binary = coarse.shape[0] == 2 and trace > 0
+    top = argmax_classes(coarse) if binary or factor > SHARP_FACTOR else None
+    weight = trust(coarse, sure, narrow, factor, top=top)
     out = refined - coarse
     out *= weight
     out += coarse
-    if coarse.shape[0] == 2 and trace > 0:
+    if binary:
         speck_px = speck * factor * factor
         crumbs = np.zeros(coarse.shape[1:], bool)
         untraced = untraced_parts(
@@ -194,6 +208,7 @@ def guard(
             crumbs=crumbs,
             probs=out,
             sure=part_sure,
+            top=top,
         )
         flat, back = out.reshape(2, -1), np.flatnonzero(untraced)
         flat[:, back] = coarse.reshape(2, -1)[:, back]

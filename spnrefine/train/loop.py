@@ -140,12 +140,12 @@ def check_mix(config: TrainConfig) -> None:
 def _run(config: TrainConfig, resume: bool, console: Console, out: Path) -> Path:
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
+    check_mix(config)  # before the data loads: a mistyped share fails at once
     datasets = [
         load_dataset(d, config.val_fraction, config.held_out_seed, tuple(config.coarse_sources))
         for d in config.data
     ]
     sources.check_patterns(config.coarse_sources, {d.root: d.sources for d in datasets})
-    check_mix(config)
     for d in datasets:
         if not d.val:
             raise SpnrefineError(
