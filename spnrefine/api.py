@@ -98,15 +98,17 @@ class Refiner(Predictor):
         coarse_type: CoarseType = "auto",
         logits: bool = False,
         stretch: bool = False,
+        probs: bool = True,
     ) -> RefineResult:
         """Refine `coarse` against `image`. Each may be a path, `-` (stdin), file bytes or an
         array (image: H×W×3 uint8 RGB; coarse: as a .npy would hold it); coarse may also be a
-        decoded `CoarseMap`."""
+        decoded `CoarseMap`. With ``probs=False`` only the labels are made (see
+        `Predictor.predict`): the way to refine many classes on a large image."""
         started = time.perf_counter()
         image_rgb, coarse_map = self.read_inputs(
             image, coarse, coarse_type=coarse_type, logits=logits, stretch=stretch
         )
-        return self._predict(image_rgb, coarse_map, started)
+        return self._predict(image_rgb, coarse_map, started, probs=probs)
 
     def refine_file(
         self,
@@ -141,7 +143,7 @@ class Refiner(Predictor):
         out_name = out if isinstance(out, str | Path) else STDIO
         fmt = output_format(out_name, coarse_map, soft=soft)
         overlay_fmt = overlay_format(overlay, coarse_map) if overlay is not None else None
-        result = self._predict(image_rgb, coarse_map, started)
+        result = self._predict(image_rgb, coarse_map, started, probs=soft)
 
         data = encode_output(result.probs, result.labels, coarse_map, fmt, soft=soft, bits=bits)
         result.out = write_output(out, data, overwrite=overwrite)
@@ -165,16 +167,15 @@ class Refiner(Predictor):
             raise SpnrefineError("only one of the image and the coarse map can come from stdin")
         image_rgb = self._read_image(image)
         coarse_map = self._read_coarse(coarse, coarse_type, logits, image_rgb.shape[:2])
-        check_coarse_size(
-            coarse_map.probs.shape[1:], image_rgb.shape[:2], coarse_map.source, stretch=stretch
-        )
-        check_class_pixels(
-            coarse_map.probs.shape[0], image_rgb.shape[:2], coarse_map.source, self.max_pixels
-        )
+        check_coarse_size(coarse_map.hw, image_rgb.shape[:2], coarse_map.source, stretch=stretch)
         return image_rgb, coarse_map
 
-    def _predict(self, image_rgb: np.ndarray, coarse: CoarseMap, started: float) -> RefineResult:
-        result = self.predict(image_rgb, coarse)
+    def _predict(
+        self, image_rgb: np.ndarray, coarse: CoarseMap, started: float, *, probs: bool
+    ) -> RefineResult:
+        if probs or self.method != "spn":  # every class held at the image's size
+            check_class_pixels(coarse.channels, image_rgb.shape[:2], coarse.source, self.max_pixels)
+        result = self.predict(image_rgb, coarse, probs=probs)
         result.seconds = time.perf_counter() - started  # decoding included
         return result
 

@@ -59,18 +59,48 @@ def trust(
     within `narrow` px (a morphological erosion), except, for a map upsampled by more than
     `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), within factor/2 px
     of the edges of its arg-max (`top`, when the caller has it)."""
-    uncertainty = 1.0 - coarse.max(axis=0)
+    if factor > SHARP_FACTOR and top is None:
+        top = argmax_classes(coarse)
+    return trust_from(coarse.max(axis=0), top, sure, narrow, factor)
+
+
+def trust_from(
+    peak: np.ndarray,
+    top: np.ndarray | None,
+    sure: float = DEFAULT_SURE,
+    narrow: int = DEFAULT_NARROW,
+    factor: float = 1.0,
+) -> np.ndarray:
+    """`trust` from the coarse map's largest probability at each pixel (`peak`, H×W) and its
+    arg-max (`top`, needed for a `factor` over `SHARP_FACTOR`)."""
+    # In place where it can be: at 4096×3072 each H×W float32 map is 48 MiB.
+    weight = np.subtract(1.0, peak, dtype=np.float32)  # the uncertainty
     if sure > 0:
-        weight = np.clip(uncertainty / sure - 1.0, 0.0, 1.0).astype(np.float32)
+        weight /= sure
+        weight -= 1.0
+        np.clip(weight, 0.0, 1.0, out=weight)
     else:
-        weight = (uncertainty > 0).astype(np.float32)
+        weight = (weight > 0).astype(np.float32)
     if narrow <= 0:
         return weight
     kept = cv2.erode(weight, _disk(narrow), borderType=cv2.BORDER_REPLICATE)
     if factor <= SHARP_FACTOR:
         return kept
-    top = argmax_classes(coarse) if top is None else top
-    return np.maximum(kept, weight * _near_edges(top, factor / 2))
+    weight *= _near_edges(top, factor / 2)
+    return np.maximum(kept, weight, out=kept)
+
+
+def keep_coarse(coarse: np.ndarray, refined: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """`refined` (C×H×W, in place) blended into `coarse` by the H×W `trust` weight."""
+    refined -= coarse
+    refined *= weight
+    refined += coarse
+    return refined
+
+
+def trust_reach(factor: float = 1.0, narrow: int = DEFAULT_NARROW) -> int:
+    """Rows (and columns) around a pixel that its `trust` weight depends on."""
+    return max(narrow, math.ceil(factor / 2) + 1 if factor > SHARP_FACTOR else 0)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -78,13 +108,12 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _near_edges(labels: np.ndarray, reach: float) -> np.ndarray:
-    """H×W float32: 1 within `reach` px of a pixel whose right or lower neighbour has another
+    """H×W uint8: 1 within `reach` px of a pixel whose right or lower neighbour has another
     label, else 0."""
     edges = np.zeros(labels.shape, np.uint8)
     edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
     edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    near = cv2.dilate(edges, _disk(max(1, math.ceil(reach))))
-    return near.astype(np.float32)
+    return cv2.dilate(edges, _disk(max(1, math.ceil(reach))))
 
 
 def _traced(parts: np.ndarray, count: int, coarse: np.ndarray, trace: float) -> np.ndarray:
@@ -192,10 +221,8 @@ def guard(
     there.)"""
     binary = coarse.shape[0] == 2 and trace > 0
     top = argmax_classes(coarse) if binary or factor > SHARP_FACTOR else None
-    weight = trust(coarse, sure, narrow, factor, top=top)
-    out = refined - coarse
-    out *= weight
-    out += coarse
+    weight = trust(coarse, sure, narrow, factor, top=top)  # before the copy: it peaks
+    out = keep_coarse(coarse, refined.copy(), weight)
     if binary:
         speck_px = speck * factor * factor
         crumbs = np.zeros(coarse.shape[1:], bool)

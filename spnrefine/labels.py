@@ -27,12 +27,11 @@ def present_classes(coarse: CoarseMap) -> np.ndarray:
     Only these may appear in the refined labels, as in the SPN paper's VOC experiments: the
     refiner sharpens boundaries, it does not invent classes the segmenter never chose.
     """
-    winners = argmax_classes(coarse.probs)
+    winners = coarse.index if coarse.index is not None else argmax_classes(coarse.probs)
     if coarse.ignore is not None:
         winners = winners[~coarse.ignore]
-    present = np.zeros(coarse.probs.shape[0], bool)
-    present[np.unique(winners)] = True
-    return present
+    held = np.bincount(winners.ravel(), minlength=coarse.channels + 1)[: coarse.channels]
+    return held > 0
 
 
 def restrict_classes(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -51,11 +50,19 @@ def restrict_classes(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
     return probs
 
 
-def to_labels(probs: np.ndarray, coarse: CoarseMap, ignore: np.ndarray | None) -> np.ndarray:
-    """H×W label ids (`coarse.labels` of the argmax); void pixels of the coarse map stay 255."""
+def to_labels(
+    probs: np.ndarray,
+    coarse: CoarseMap,
+    ignore: np.ndarray | None,
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
+    """H×W label ids (`coarse.labels` of the argmax); void pixels of the coarse map stay 255.
+    ``classes``: the channel of the coarse map each of `probs`' stands for, when they are only
+    some of them."""
     ids = np.asarray(coarse.labels)
     lut = ids.astype(np.uint8 if ids.max() <= 255 else np.int32)
-    labels = lut[argmax_classes(probs)]
+    top = argmax_classes(probs)
+    labels = lut[top if classes is None else classes[top]]
     if ignore is not None:
         labels[ignore] = VOID
     return labels

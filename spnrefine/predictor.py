@@ -17,7 +17,9 @@ import numpy as np
 from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError, need_torch
 from spnrefine.guard import guard as do_no_harm
+from spnrefine.guard import keep_coarse, trust_from, trust_reach
 from spnrefine.io import CoarseMap, write_atomic
+from spnrefine.io.coarse import VOID
 from spnrefine.io.outputs import (
     encode_output,
     encode_result_overlay,
@@ -27,8 +29,14 @@ from spnrefine.io.outputs import (
 )
 from spnrefine.labels import present_classes, restrict_classes, to_labels
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
-from spnrefine.tiling import TileStats, refine_tiled
-from spnrefine.upsample import upsample_ignore, upsample_probs
+from spnrefine.tiling import TileStats, refine_bands, refine_tiled
+from spnrefine.upsample import (
+    channels_in_rows,
+    upsample_ignore,
+    upsample_probs,
+    upsample_rows,
+    upsampled_peak,
+)
 from spnrefine.weights import WeightsInfo, load_weights
 
 if TYPE_CHECKING:
@@ -46,7 +54,9 @@ class RefineResult:
 
     image: np.ndarray  # H×W×3 uint8 RGB, as decoded
     coarse: CoarseMap  # as decoded, before upsampling: kind, labels, palette
-    probs: np.ndarray  # C×H×W float32 refined probabilities, channels as `coarse.labels`
+    # C×H×W float32 refined probabilities, channels as `coarse.labels`; None when refined for
+    # the labels alone (`Predictor.predict(..., probs=False)`).
+    probs: np.ndarray | None
     # H×W label ids: `coarse.labels` of the argmax, 255 where void; one rule for every input:
     # class ids keep their values, a mask or foreground probability gives 0 and 255.
     labels: np.ndarray
@@ -62,6 +72,7 @@ class RefineResult:
 
     def encode(self, *, soft: bool = False, bits: Literal[8, 16] = 8) -> bytes:
         """The output file's bytes as `-o -` writes them (PNG, or .npy for several soft classes)."""
+        self._check_soft(soft)
         fmt = natural_format(self.coarse, soft=soft)
         return encode_output(self.probs, self.labels, self.coarse, fmt, soft=soft, bits=bits)
 
@@ -74,9 +85,14 @@ class RefineResult:
         overwrite: bool = False,
     ) -> None:
         """Write the output atomically, in the format its extension names (.png or .npy)."""
+        self._check_soft(soft)
         fmt = output_format(path, self.coarse, soft=soft)
         data = encode_output(self.probs, self.labels, self.coarse, fmt, soft=soft, bits=bits)
         write_atomic(path, data, overwrite=overwrite)
+
+    def _check_soft(self, soft: bool) -> None:
+        if soft and self.probs is None:
+            raise ValueError("this result was refined without probabilities (probs=False)")
 
     def overlay(self, fmt: Literal["png", "jpeg"] = "png") -> bytes:
         """A picture of the refined mask over the image, for people to look at."""
@@ -148,23 +164,35 @@ class Predictor:
             model, info = None, None
         return cls(model, method=method, info=info, device=device, **settings)
 
-    def predict(self, image_rgb: np.ndarray, coarse: CoarseMap) -> RefineResult:
+    def predict(
+        self, image_rgb: np.ndarray, coarse: CoarseMap, *, probs: bool = True
+    ) -> RefineResult:
         """Refine a decoded coarse map against an H×W×3 uint8 RGB image of any size the map
-        upsamples to: probabilities and label ids at the image's resolution."""
+        upsamples to: probabilities and label ids at the image's resolution. With
+        ``probs=False`` only the labels are made (`RefineResult.probs` is None): a map of
+        many classes is then refined a band of rows at a time, keeping in each band only the
+        classes its tiles hold, so memory grows with those, not with all classes."""
         started = time.perf_counter()
         size = image_rgb.shape[:2]
-        probs = upsample_probs(coarse.probs, size)
         ignore = upsample_ignore(coarse.ignore, size) if coarse.ignore is not None else None
         stats = TileStats()
-        factor = min(size[0] / coarse.probs.shape[1], size[1] / coarse.probs.shape[2])
-        refined = restrict_classes(
-            self.refine_probs(image_rgb, probs, stats, factor=factor), present_classes(coarse)
-        )
-        labels = to_labels(refined, coarse, ignore)
+        factor = min(size[0] / coarse.hw[0], size[1] / coarse.hw[1])
+        if self.method == "spn" and coarse.channels > 2:
+            refined, labels = self._refine_classes(
+                image_rgb, coarse, ignore, stats, factor=factor, keep=probs
+            )
+        else:
+            refined = restrict_classes(
+                self.refine_probs(
+                    image_rgb, upsample_probs(coarse.probs, size), stats, factor=factor
+                ),
+                present_classes(coarse),
+            )
+            labels = to_labels(refined, coarse, ignore)
         return RefineResult(
             image_rgb,
             coarse,
-            refined,
+            refined if probs else None,
             labels,
             stats,
             time.perf_counter() - started,
@@ -191,19 +219,65 @@ class Predictor:
             raise ValueError(f"probs {probs.shape} must be C×H×W with H×W = {image_rgb.shape[:2]}")
         if self.method != "spn":
             return BASELINES[self.method](image_rgb, probs)
-        refined = refine_tiled(
+        refined = refine_tiled(self._tile_logits, image_rgb, probs, stats=stats, **self._tiling())
+        return do_no_harm(probs, refined, factor=factor) if self.guard else refined
+
+    def _refine_classes(
+        self,
+        image_rgb: np.ndarray,
+        coarse: CoarseMap,
+        ignore: np.ndarray | None,
+        stats: TileStats,
+        *,
+        factor: float,
+        keep: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """A map of several classes, a band of rows at a time (`refine_bands`): the refined
+        probabilities (with ``keep``; else None, and each band holds only its tiles' classes)
+        and the labels. The same maps as `refine_probs` and the class restriction give."""
+        h, w = size = image_rgb.shape[:2]
+        present = present_classes(coarse)
+        probs = np.zeros((coarse.channels, h, w), np.float32) if keep else None
+        labels = np.empty(size, np.uint8 if max(coarse.labels) <= 255 else np.int32)
+        bands = refine_bands(
             self._tile_logits,
             image_rgb,
-            probs,
-            tile=self.tile,
-            overlap=self.overlap,
-            batch_size=self.batch_size,
-            confident=self.confident,
+            lambda classes, start, stop: upsample_rows(coarse, classes, start, stop, size),
+            coarse.channels,
+            candidates=lambda start, stop: channels_in_rows(coarse, start, stop, h),
+            sparse=not keep,
             stats=stats,
-            multiple=self.model.tile_multiple,
-            expect=getattr(self.model, "expect", None) if self.device == "cpu" else None,
+            **self._tiling(),
         )
-        return do_no_harm(probs, refined, factor=factor) if self.guard else refined
+        for band in bands:
+            stop = min(band.stop, h)
+            rows = slice(band.start, stop)
+            out = band.refined[:, : stop - band.start, :w]
+            if self.guard:
+                weight = _trust_rows(coarse, size, band.start, stop, factor)
+                keep_coarse(band.coarse[:, : stop - band.start, :w], out, weight)
+            held = present[band.classes]
+            if not held.any():  # only classes the coarse map never chose: void, or nearly
+                labels[rows] = coarse.labels[int(np.argmax(present))]
+                continue
+            restrict_classes(out, held)
+            labels[rows] = to_labels(out, coarse, None, band.classes)
+            if probs is not None:
+                probs[band.classes, rows] = out
+        if ignore is not None:
+            labels[ignore] = VOID
+        return probs, labels
+
+    def _tiling(self) -> dict:
+        """refine_bands' settings for this predictor's model."""
+        return {
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "confident": self.confident,
+            "multiple": self.model.tile_multiple,
+            "expect": getattr(self.model, "expect", None) if self.device == "cpu" else None,
+        }
 
     def expect_many(self) -> None:
         """Many images are coming (a batch): a model that picks its kernels by the work ahead
@@ -247,6 +321,16 @@ class Predictor:
             model = model.to_torch()
         self.model = model.to(self.device).eval()
         self._tile_logits = fold_batchnorm(self.model).tile_logits
+
+
+def _trust_rows(
+    coarse: CoarseMap, size: tuple[int, int], start: int, stop: int, factor: float
+) -> np.ndarray:
+    """Rows start:stop of the guard's `trust` weight for a map of several classes, made from
+    the upsampled map's peak in those rows and the few around them that it depends on."""
+    reach = trust_reach(factor)
+    lo, hi = max(0, start - reach), min(size[0], stop + reach)
+    return trust_from(*upsampled_peak(coarse, size, lo, hi), factor=factor)[start - lo : stop - lo]
 
 
 def check_method(method: str) -> None:

@@ -3,10 +3,15 @@ nearest-neighbour void mask."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from spnrefine.errors import SpnrefineError
+
+if TYPE_CHECKING:
+    from spnrefine.io.coarse import CoarseMap
 
 # Channels per image that cv2.resize takes: 128 in OpenCV 5, 512 in OpenCV 4.
 _CV_MAX_CHANNELS = 128
@@ -89,6 +94,76 @@ def upsample_probs(probs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
             resized.reshape(out_h, out_w, chunk.shape[-1]), -1, 0
         )
     return out
+
+
+def upsample_rows(
+    coarse: CoarseMap, channels: np.ndarray, start: int, stop: int, size_hw: tuple[int, int]
+) -> np.ndarray:
+    """Rows start:stop of `upsample_probs(coarse.probs, size_hw)` for `channels` alone,
+    k×(stop−start)×W, made from the few coarse rows they need (equal to within float
+    rounding): a map of many classes is brought to the image's size a band at a time."""
+    (h, w), (out_h, out_w) = coarse.hw, size_hw
+    top, bottom, weight = _taps(h, out_h, start, stop)
+    lo, hi = int(top.min()), int(bottom.max()) + 1
+    small = coarse.channel_rows(channels, lo, hi)
+    if w != out_w:
+        wide = np.empty((len(channels), hi - lo, out_w), np.float32)
+        for first in range(0, len(channels), _CV_MAX_CHANNELS):
+            chunk = np.ascontiguousarray(
+                np.moveaxis(small[first : first + _CV_MAX_CHANNELS], 0, -1)
+            )
+            resized = cv2.resize(chunk, (out_w, hi - lo), interpolation=cv2.INTER_LINEAR)
+            wide[first : first + chunk.shape[-1]] = np.moveaxis(
+                resized.reshape(hi - lo, out_w, chunk.shape[-1]), -1, 0
+            )
+        small = wide
+    out = np.take(small, top - lo, axis=1)
+    out *= (1.0 - weight)[:, None]
+    lower = np.empty(out.shape[1:], np.float32)
+    # A plane at a time: no second copy of the band.
+    for plane, values in zip(out, small, strict=True):
+        np.take(values, bottom - lo, axis=0, out=lower)
+        lower *= weight[:, None]
+        plane += lower
+    return out
+
+
+def channels_in_rows(coarse: CoarseMap, start: int, stop: int, out_h: int) -> np.ndarray:
+    """The channels that may be above zero in rows start:stop of the map upsampled to
+    `out_h` rows (those of the coarse rows they are made from)."""
+    top, bottom, _ = _taps(coarse.hw[0], out_h, start, stop)
+    return coarse.channels_in_rows(int(top.min()), int(bottom.max()) + 1)
+
+
+def upsampled_peak(
+    coarse: CoarseMap, size_hw: tuple[int, int], start: int, stop: int, channels: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows start:stop of the upsampled map's largest probability and its channel (the first
+    on ties), made `channels` channels at a time."""
+    peak = np.full((stop - start, size_hw[1]), -1.0, np.float32)
+    top = np.zeros(peak.shape, np.uint8 if coarse.channels <= 256 else np.uint16)
+    found = channels_in_rows(coarse, start, stop, size_hw[0])
+    for first in range(0, len(found), channels):
+        chunk = found[first : first + channels]
+        upsampled = upsample_rows(coarse, chunk, start, stop, size_hw)
+        for channel, values in zip(chunk, upsampled, strict=True):
+            top[values > peak] = channel
+            np.maximum(peak, values, out=peak)
+    return peak, top
+
+
+def _taps(size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
+    """Output rows start:stop of a bilinear resize size → out_size with half-pixel centres,
+    as OpenCV computes them: the upper and lower source rows and the lower one's weight."""
+    scale = size / out_size
+    pos = ((np.arange(start, stop) + 0.5) * scale - 0.5).astype(np.float32)
+    top = np.floor(pos)
+    weight = (pos - top).astype(np.float32)
+    top = top.astype(np.int64)
+    edge = (top < 0) | (top >= size - 1)
+    weight[edge] = 0.0
+    top = np.clip(top, 0, size - 1)
+    return top, np.minimum(top + 1, size - 1), weight
 
 
 def upsample_ignore(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -25,14 +25,19 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 class IdentityRefiner(Refiner):
-    """The model pass replaced by "change nothing", so the data path around it can be checked
-    exactly; `calls` counts model passes."""
+    """The model replaced by "change nothing" (each tile's logits are its log-probabilities),
+    so the data path around it can be checked; `calls` counts model calls."""
 
     calls = 0
 
-    def refine_probs(self, image_rgb, probs, stats=None, *, factor=1.0):
-        type(self).calls += 1
-        return probs.copy()
+    def _place(self, model):
+        super()._place(model)
+
+        def same(tiles, probs):
+            type(self).calls += 1
+            return np.log(np.maximum(probs, 1e-30))
+
+        self._tile_logits = same
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +115,15 @@ def test_void_pixels_pass_through_as_255(identity: Refiner):
 
 def test_labels_only_hold_classes_present_in_the_coarse_map(model_dir: Path):
     class FavoursClassTwo(Refiner):
-        def refine_probs(self, image_rgb, probs, stats=None, *, factor=1.0):
-            out = probs * 0.2
-            out[2] = 0.8
-            return out
+        def _place(self, model):
+            super()._place(model)
+
+            def favour(tiles, probs):
+                out = probs * 0.2
+                out[:, 2] = 0.8
+                return np.log(np.maximum(out, 1e-30))
+
+            self._tile_logits = favour
 
     probs = np.zeros((3, 12, 16), np.float32)
     probs[0, :, :8] = 0.6
@@ -368,3 +378,70 @@ def test_argmax_classes_is_numpys_argmax_ties_included(classes: int):
     got = argmax_classes(probs)
     assert np.array_equal(got, probs.argmax(axis=0))
     assert got.dtype == np.uint8
+
+
+def voronoi_labels(h: int, w: int, classes: int, seed: int = 0) -> np.ndarray:
+    """h×w class ids 0..classes-1, each the region nearest one of `classes` random points."""
+    points = np.random.default_rng(seed).uniform(0, 1, (classes, 2)) * [h, w]
+    yy, xx = np.mgrid[:h, :w]
+    distance = (yy[None] - points[:, 0, None, None]) ** 2 + (
+        xx[None] - points[:, 1, None, None]
+    ) ** 2
+    return distance.argmin(0).astype(np.uint8)
+
+
+def test_labels_alone_are_the_labels_of_the_full_map(refiner: Refiner):
+    image = gradient_image(200, 264)
+    ids = voronoi_labels(25, 33, 9)
+    ids[:3, :5] = 255  # some void
+    full = refiner.refine(image, png_bytes(ids), coarse_type="labels")
+    alone = refiner.refine(image, png_bytes(ids), coarse_type="labels", probs=False)
+    assert alone.probs is None and full.probs.shape == (9, 200, 264)
+    assert np.array_equal(alone.labels, full.labels)
+    assert alone.tiles == full.tiles
+    assert len(np.unique(full.labels)) == 10  # the 9 classes and void
+    with pytest.raises(ValueError, match="without probabilities"):
+        alone.encode(soft=True)
+
+
+def test_labels_alone_match_the_map_refined_whole(refiner: Refiner):
+    # The band-by-band path against refine_probs on the whole upsampled map, restricted.
+    from spnrefine.upsample import upsample_probs
+
+    image = gradient_image(150, 180)
+    ids = voronoi_labels(19, 23, 7, seed=3)
+    coarse = load_coarse(png_bytes(ids), coarse_type="labels")
+    whole = refiner.refine_probs(image, upsample_probs(coarse.probs, (150, 180)), factor=150 / 19)
+    expected = to_labels(restrict_classes(whole, present_classes(coarse)), coarse, None)
+    got = refiner.refine(image, coarse, probs=False).labels
+    assert (got != expected).mean() < 1e-4  # float rounding may flip a tie
+
+
+def test_many_classes_refine_in_bands_without_holding_them_all(refiner: Refiner):
+    import tracemalloc
+
+    # 200 classes in blocks 2.5 coarse rows tall, two abreast: a band of rows meets ~16.
+    h, w, classes = 2000, 320, 200
+    ids = (np.arange(250)[:, None] * 2 // 5 * 2 + (np.arange(40) >= 20)).astype(np.uint8)
+    image = gradient_image(h, w)
+    tracemalloc.start()
+    try:
+        result = refiner.refine(image, ids, coarse_type="labels", probs=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(np.unique(result.labels)) == classes
+    one_copy = classes * h * w * 4  # the float32 map of every class at the image's size
+    assert peak < one_copy / 8, f"{peak / 2**20:.0f} MiB held"
+
+
+def test_many_classes_are_refused_only_when_their_probabilities_are_asked_for(
+    model_dir: Path, tmp_path: Path
+):
+    refiner = Refiner.load(model_dir, device="cpu", max_pixels=10_000)
+    ids = np.arange(12 * 16, dtype=np.int32).reshape(12, 16) % 7
+    assert refiner.refine(gradient_image(), ids, probs=False).labels.shape == (48, 64)
+    refiner.refine_file(gradient_image(), ids, tmp_path / "out.png")
+    with pytest.raises(SpnrefineError, match="7 classes at the image's 64x48"):
+        refiner.refine_file(gradient_image(), ids, tmp_path / "soft.npy", soft=True)
+    assert not (tmp_path / "soft.npy").exists()

@@ -20,6 +20,7 @@ from pngs import png_bytes
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import (
+    CoarseMap,
     check_output,
     default_palette,
     encode_label_png,
@@ -37,6 +38,7 @@ from spnrefine.upsample import (
     check_coarse_size,
     upsample_ignore,
     upsample_probs,
+    upsample_rows,
 )
 
 
@@ -865,3 +867,34 @@ def test_overlay_tints_the_mask_and_outlines_it(fmt):
     if fmt == "png":
         assert overlay[10, 20].tolist() == colour.tolist()
         assert overlay[9, 20].tolist() == colour.tolist()
+
+
+def test_a_label_map_keeps_its_ids_and_gives_one_hot_probabilities_when_asked():
+    ids = np.array([[3, 3, 7], [255, 9, 7]], np.uint8)
+    coarse = load_coarse(png_bytes(ids), coarse_type="labels")
+    assert coarse.index is not None and coarse.index.dtype == np.uint8
+    assert coarse.labels == [3, 7, 9] and coarse.channels == 3 and coarse.hw == (2, 3)
+    expected = np.zeros((3, 2, 3), np.float32)
+    expected[0, 0, :2] = expected[1, 0, 2] = expected[1, 1, 2] = expected[2, 1, 1] = 1
+    expected[:, 1, 0] = 1 / 3  # void: uniform
+    np.testing.assert_array_equal(coarse.probs, expected)
+    np.testing.assert_array_equal(coarse.channel_rows(np.array([2, 0]), 1, 2), expected[[2, 0], 1:])
+    assert coarse.channels_in_rows(0, 1).tolist() == [0, 1]
+    assert coarse.channels_in_rows(1, 2).tolist() == [0, 1, 2]  # void holds every class
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "big_h", "big_w"), [(12, 16, 96, 128), (7, 9, 50, 61), (8, 8, 8, 8)]
+)
+def test_upsampled_rows_are_rows_of_the_whole_upsampled_map(h, w, big_h, big_w):
+    ids = np.random.default_rng(4).integers(0, 5, (h, w)).astype(np.uint8)
+    soft = np.random.default_rng(5).dirichlet(np.ones(4), (h, w)).transpose(2, 0, 1)
+    labels = load_coarse(png_bytes(ids), coarse_type="labels")
+    probs = CoarseMap(soft.astype(np.float32), [0, 1, 2, 3], "prob", None, None, "x")
+    for coarse in (labels, probs):
+        whole = upsample_probs(coarse.probs, (big_h, big_w))
+        channels = np.arange(coarse.channels)[::2]
+        for start in range(0, big_h, 13):
+            stop = min(big_h, start + 13)
+            part = upsample_rows(coarse, channels, start, stop, (big_h, big_w))
+            np.testing.assert_allclose(part, whole[channels, start:stop], atol=1e-6)

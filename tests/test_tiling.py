@@ -108,3 +108,93 @@ def test_tiles_go_through_the_model_in_batches_of_at_most_batch_size():
 def test_bad_tile_settings_are_refused(tile: int, overlap: int):
     with pytest.raises(ValueError):
         refine_tiled(EchoModel(), image(64, 64), soft_map(64, 64), tile=tile, overlap=overlap)
+
+
+def stripes(h: int, w: int, classes: int) -> np.ndarray:
+    """A label map of horizontal stripes of `classes` classes, one-hot, softened at the seams
+    (a few pixels either side), so tiles on a seam are refined."""
+    rows = np.minimum(np.arange(h) * classes // h, classes - 1)
+    probs = np.zeros((classes, h, w), np.float32)
+    probs[rows, np.arange(h)] = 1.0
+    kernel = np.ones(5, np.float32) / 5
+    for c in range(classes):
+        probs[c] = np.apply_along_axis(np.convolve, 0, probs[c], kernel, mode="same")
+    return probs / probs.sum(0, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap", "batch"),
+    [(300, 200, 64, 16, 3), (40, 30, 128, 16, 16), (250, 70, 48, 40, 2), (1000, 12, 128, 16, 16)],
+)
+def test_bands_cover_every_row_once_in_order(h, w, tile, overlap, batch):
+    from spnrefine.tiling import refine_bands
+
+    probs = stripes(h, w, 6)
+    bands = list(
+        refine_bands(
+            EchoModel(),
+            image(h, w),
+            lambda classes, start, stop: probs[classes, start:stop],
+            6,
+            sparse=True,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch,
+        )
+    )
+    assert bands[0].start == 0 and bands[-1].stop >= h
+    assert all(a.stop == b.start for a, b in zip(bands, bands[1:], strict=False))
+    for band in bands:
+        rows = band.stop - band.start
+        assert band.refined.shape == band.coarse.shape
+        assert band.refined.shape[:2] == (len(band.classes), rows) and band.refined.shape[2] >= w
+
+
+def test_sparse_bands_keep_only_the_classes_of_their_rows_and_the_same_values():
+    from spnrefine.tiling import refine_bands
+
+    h, w = 600, 150
+    probs = stripes(h, w, 12)
+
+    def run(sparse: bool) -> list:
+        return list(
+            refine_bands(
+                EchoModel(),
+                image(h, w),
+                lambda classes, start, stop: probs[classes, start:stop],
+                12,
+                sparse=sparse,
+                tile=64,
+                overlap=16,
+            )
+        )
+
+    full = run(False)
+    sparse = run(True)
+    assert [b.start for b in full] == [b.start for b in sparse]
+    for whole, part in zip(full, sparse, strict=True):
+        assert len(whole.classes) == 12
+        # A band's rows of tiles (at most 112 rows) meet at most 4 of the 12 50-row stripes.
+        assert 1 <= len(part.classes) <= 4
+        here = probs[:, part.start : part.stop]
+        assert set(np.flatnonzero(here.max(axis=(1, 2)) > 0.02)) <= set(part.classes)
+        np.testing.assert_allclose(part.refined, whole.refined[part.classes], atol=1e-6)
+        np.testing.assert_array_equal(part.coarse, whole.coarse[part.classes])
+        left = np.setdiff1d(np.arange(12), part.classes)
+        assert (whole.refined[left] < 0.02).all()  # what sparse leaves out is below the bar
+
+
+def test_refine_tiled_is_the_bands_put_together():
+    from spnrefine.tiling import refine_bands
+
+    h, w = 200, 170
+    probs = soft_map(h, w, 3)
+    probs[:, :60] = np.array([0.99, 0.005, 0.005], np.float32)[:, None, None]  # sure rows
+    whole = refine_tiled(EchoModel(), image(h, w), probs, tile=64, overlap=16)
+    out = np.zeros_like(whole)
+    for band in refine_bands(
+        EchoModel(), image(h, w), lambda c, a, b: probs[c, a:b], 3, tile=64, overlap=16
+    ):
+        out[:, band.start : band.stop] = band.refined[:, :, :w]
+    np.testing.assert_array_equal(out, whole)
+    np.testing.assert_allclose(whole, probs, atol=1e-5)  # the echo gives the map back

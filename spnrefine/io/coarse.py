@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 import numpy as np
@@ -74,24 +73,78 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _NPZ_KEYS = ("probs", "logits", "arr_0")
 
 
-@dataclass
 class CoarseMap:
     """A decoded coarse map.
 
-    probs: float32 C×h×w, C ≥ 2, each pixel summing to 1 over C.
+    probs: float32 C×h×w, C ≥ 2, each pixel summing to 1 over C. A map of class ids holds
+        them as `index` and makes `probs` (one-hot) only when asked: a map of many classes at
+        the image's size would take C times its pixels in float32.
     labels: the label id each channel stands for (what an argmax writes out).
     kind: "labels" (class ids), "binary" (0/255 or 0/1 mask) or "prob" (soft probabilities).
     palette: the PNG palette (PIL's flat list), kept for writing the output; else None.
     ignore: bool h×w, True where the map holds void (255); None when there is none.
     source: the name the map was loaded from, for messages.
+    index: h×w channel of each pixel (uint8, or uint16 beyond 255 channels), the number of
+        channels where void (its probabilities are uniform); None for soft maps.
     """
 
-    probs: np.ndarray
-    labels: list[int]
-    kind: Literal["labels", "binary", "prob"]
-    palette: list[int] | None
-    ignore: np.ndarray | None
-    source: str
+    def __init__(
+        self,
+        probs: np.ndarray | None,
+        labels: list[int],
+        kind: Literal["labels", "binary", "prob"],
+        palette: list[int] | None,
+        ignore: np.ndarray | None,
+        source: str,
+        *,
+        index: np.ndarray | None = None,
+    ):
+        if probs is None and index is None:
+            raise ValueError("a coarse map needs probs or an index")
+        self._probs = probs
+        self.labels, self.kind, self.palette = labels, kind, palette
+        self.ignore, self.source, self.index = ignore, source, index
+
+    @property
+    def probs(self) -> np.ndarray:
+        if self._probs is None:
+            self._probs = self.channel_rows(np.arange(self.channels), 0, self.hw[0])
+        return self._probs
+
+    @probs.setter
+    def probs(self, probs: np.ndarray) -> None:
+        self._probs, self.index = probs, None
+
+    @property
+    def channels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        shape = self._probs.shape[1:] if self.index is None else self.index.shape
+        return int(shape[0]), int(shape[1])
+
+    def channel_rows(self, channels: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """float32 k×(stop−start)×w: the probabilities of `channels` in rows start:stop."""
+        if self.index is None:
+            return self._probs[channels, start:stop]
+        rows = self.index[start:stop]
+        out = np.empty((len(channels), *rows.shape), np.float32)
+        for i, channel in enumerate(channels):
+            np.equal(rows, channel, out=out[i], casting="unsafe")
+        if self.ignore is not None:
+            out[:, self.ignore[start:stop]] = 1.0 / self.channels
+        return out
+
+    def channels_in_rows(self, start: int, stop: int) -> np.ndarray:
+        """The channels that are not zero everywhere in rows start:stop (all of a soft map's,
+        and all where a row holds void)."""
+        if self.index is None:
+            return np.arange(self.channels)
+        held = np.bincount(self.index[start:stop].ravel(), minlength=self.channels + 1)
+        if held[self.channels]:  # void: uniform over every channel
+            return np.arange(self.channels)
+        return np.flatnonzero(held)
 
 
 def load_coarse(
@@ -316,11 +369,19 @@ def _label_map(ids: np.ndarray, name: str, kind: str, palette: list[int] | None)
     if len(classes) == 1:
         # Downstream always gets a choice of at least two channels; the extra one is empty.
         classes = sorted({classes[0], 1 if classes[0] == 0 else 0})
-    probs = np.stack([ids == k for k in classes]).astype(np.float32)
+    # Each pixel's channel, void (255, in no channel) the number of channels.
+    dtype = np.uint8 if len(classes) < 255 else np.uint16
+    if int(present[-1]) < 2**16:
+        lookup = np.full(max(int(present[-1]), classes[-1]) + 1, len(classes), dtype)
+        lookup[classes] = np.arange(len(classes))
+        index = lookup[ids]
+    else:
+        index = np.searchsorted(np.asarray(classes), ids).astype(dtype)
+        index[ignore] = len(classes)
     has_void = bool(ignore.any())
-    if has_void:
-        probs[:, ignore] = 1.0 / len(classes)
-    return CoarseMap(probs, classes, "labels", palette, ignore if has_void else None, name)
+    return CoarseMap(
+        None, classes, "labels", palette, ignore if has_void else None, name, index=index
+    )
 
 
 def _foreground(fg: np.ndarray, name: str, kind: str = "prob") -> CoarseMap:
