@@ -200,6 +200,23 @@ def untraced_parts(
     return out
 
 
+def _still_surrounded(crumbs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """H×W bool: the 8-connected parts of `crumbs` that the other class still surrounds in
+    `labels` (binary), counted on the pixels around each part. Parts set back to the coarse
+    map may have taken a crumb's surroundings: flipped then, a speck of background inside a
+    dropped island, turned foreground, would be an island of its own."""
+    count, parts = cv2.connectedComponents(crumbs.view(np.uint8), connectivity=8)
+    grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    ring = (grown > 0) & ~crumbs
+    owner = grown[ring]
+    own_class = np.zeros(count, labels.dtype)
+    own_class[parts[crumbs]] = labels[crumbs]
+    other = labels[ring] != own_class[owner]
+    surrounded = np.bincount(owner, other, count) > np.bincount(owner, ~other, count)
+    surrounded[0] = False
+    return surrounded[parts]
+
+
 def guard(
     coarse: np.ndarray,
     refined: np.ndarray,
@@ -239,6 +256,8 @@ def guard(
         )
         flat, back = out.reshape(2, -1), np.flatnonzero(untraced)
         flat[:, back] = coarse.reshape(2, -1)[:, back]
+        if len(back) and crumbs.any():
+            crumbs &= _still_surrounded(crumbs, (flat[1] > flat[0]).reshape(crumbs.shape))
         swap = np.flatnonzero(crumbs)
         flat[:, swap] = flat[::-1, swap]  # two classes: the other one wins by as much
     return out.astype(np.float32, copy=False)

@@ -129,6 +129,25 @@ def test_crumbs_broken_off_a_part_go_to_the_class_around_them():
     assert at_1[30:32, 55:57].all()  # at the map's own resolution nothing is a crumb
 
 
+def test_a_crumb_inside_a_dropped_island_does_not_become_an_island_of_its_own():
+    fg = np.full((80, 80), 0.1, np.float32)  # no trace of foreground anywhere
+    fg[60:, 60:] = 0.9  # but a part the coarse map does take, elsewhere
+    coarse = binary(fg)
+    refined = np.full((80, 80), 0.1, np.float32)
+    refined[60:, 60:] = 0.95
+    refined[10:30, 10:30] = 0.9  # an island with no trace in the coarse map: dropped...
+    refined[19:21, 19:21] = 0.2  # ...around a 4 px crumb of background
+    labels = guard(coarse, binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert not labels[:40, :40].any()  # the crumb stays background with the island gone
+    assert labels[60:, 60:].all()
+    # A crumb whose surroundings stay is still given to them.
+    refined[10:30, 10:30] = 0.9
+    refined[19:21, 19:21] = 0.2
+    fg[10:30, 10:30] = 0.7  # now the coarse map takes the island too
+    kept = guard(binary(fg), binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert kept[10:30, 10:30].all()
+
+
 def test_a_part_neither_the_coarse_map_nor_the_model_is_sure_of_goes_back():
     fg = np.zeros((60, 60), np.float32)
     fg[:, 30:] = 0.4  # a faint trace of foreground on the right, never the coarse arg-max
