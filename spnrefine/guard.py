@@ -123,6 +123,17 @@ def _traced(parts: np.ndarray, count: int, coarse: np.ndarray, trace: float) -> 
     return traced
 
 
+def _plane(planes, c: int, index: np.ndarray | None = None) -> np.ndarray:
+    """Class `c`'s plane of C×H×W `planes`, or its values at the flat `index`. A binary map
+    may be given as (None, foreground): the background, 1 − foreground, is made only where
+    it is read."""
+    plane = planes[c]
+    if plane is None:
+        other = planes[1 - c]
+        return 1.0 - (other if index is None else other.reshape(-1)[index])
+    return plane if index is None else plane.reshape(-1)[index]
+
+
 def untraced_parts(
     labels: np.ndarray,
     coarse: np.ndarray,
@@ -156,8 +167,8 @@ def untraced_parts(
     # `trace`, a part it takes somewhere is traced, and only the other parts need their pixels
     # looked at, all of them pixels where the coarse arg-max is another class (few: bands
     # along the boundaries).
-    argmax_traces = top is not None and trace <= 1.0 / coarse.shape[0]
-    for c in np.flatnonzero(np.bincount(labels.ravel(), minlength=coarse.shape[0])):
+    argmax_traces = top is not None and trace <= 1.0 / len(coarse)
+    for c in np.flatnonzero(np.bincount(labels.ravel(), minlength=len(coarse))):
         mine = labels == c
         connectivity = 4 if c == background else 8
         count, parts, stats, _ = cv2.connectedComponentsWithStats(
@@ -166,7 +177,7 @@ def untraced_parts(
         flat_parts = parts.reshape(-1)
         area = stats[:, cv2.CC_STAT_AREA]
         if top is None:
-            traced = _traced(parts, count, coarse[c], trace)
+            traced = _traced(parts, count, _plane(coarse, c), trace)
             traced[0] = True  # the pixels of the other classes
             out |= ~traced[parts]
             continue
@@ -174,14 +185,14 @@ def untraced_parts(
         ids = flat_parts[odd]
         held = np.bincount(ids, minlength=count) < area  # the coarse arg-max takes it somewhere
         if argmax_traces:
-            odd_traced = coarse[c].reshape(-1)[odd] >= trace
+            odd_traced = _plane(coarse, c, odd) >= trace
             traced = held | (np.bincount(ids, odd_traced, minlength=count) > 0)
         else:
-            traced = _traced(parts, count, coarse[c], trace)
+            traced = _traced(parts, count, _plane(coarse, c), trace)
         small = area < speck
         keep = traced & (~small | held)
         if judged:  # a part not held has all its pixels among the odd ones
-            sums = np.bincount(ids, probs[c].reshape(-1)[odd], minlength=count)
+            sums = np.bincount(ids, _plane(probs, c, odd), minlength=count)
             keep &= held | (sums >= sure * area)
         keep[0] = True  # the pixels of the other classes
         if argmax_traces:
@@ -192,11 +203,12 @@ def untraced_parts(
             broken = np.flatnonzero(held & small)
             broken = broken[broken > 0]
             if len(broken) > 64:  # many: one pass over the image
-                crumbs |= np.isin(parts, broken)
+                crumbs |= (np.bincount(broken, minlength=count) > 0)[parts]
             else:  # a few: each within its bounding box
                 for i in broken:
                     x, y, w, h = stats[i, :4]
                     crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
+        del parts, flat_parts  # before the next class's: at 4096×3072 each is 48 MiB
     return out
 
 
@@ -205,8 +217,14 @@ def _still_surrounded(crumbs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     `labels` (binary), counted on the pixels around each part. Parts set back to the coarse
     map may have taken a crumb's surroundings: flipped then, a speck of background inside a
     dropped island, turned foreground, would be an island of its own."""
-    count, parts = cv2.connectedComponents(crumbs.view(np.uint8), connectivity=8)
-    grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    # 16-bit part numbers where they fit (half the memory of 32-bit, and OpenCV dilates them).
+    wide = np.count_nonzero(crumbs) >= 2**16
+    ltype = cv2.CV_32S if wide else cv2.CV_16U
+    count, parts = cv2.connectedComponents(crumbs.view(np.uint8), connectivity=8, ltype=ltype)
+    if wide:
+        grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    else:
+        grown = cv2.dilate(parts, np.ones((3, 3), np.uint8))
     ring = (grown > 0) & ~crumbs
     owner = grown[ring]
     own_class = np.zeros(count, labels.dtype)
@@ -215,6 +233,40 @@ def _still_surrounded(crumbs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     surrounded = np.bincount(owner, other, count) > np.bincount(owner, ~other, count)
     surrounded[0] = False
     return surrounded[parts]
+
+
+def binary_parts(
+    labels: np.ndarray,
+    coarse: np.ndarray | tuple[np.ndarray | None, np.ndarray],
+    probs: np.ndarray | tuple[np.ndarray | None, np.ndarray],
+    top: np.ndarray,
+    factor: float = 1.0,
+    trace: float = DEFAULT_TRACE,
+    speck: float = SPECK,
+    part_sure: float = PART_SURE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part rules of `guard` on a binary map, as flat pixel indices: those set back to
+    the coarse map, and the crumbs that go to the other class. `labels`: the blended map's
+    arg-max; `coarse`, `probs`: the two planes (background, foreground) of the coarse and the
+    blended maps; `top`: the coarse arg-max."""
+    crumbs = np.zeros(labels.shape, bool)
+    untraced = untraced_parts(
+        labels,
+        coarse,
+        trace,
+        speck * factor * factor,
+        background=0,
+        crumbs=crumbs,
+        probs=probs,
+        sure=part_sure,
+        top=top,
+    )
+    back = np.flatnonzero(untraced)
+    if len(back) and crumbs.any():
+        after = labels.copy()
+        after.reshape(-1)[back] = top.reshape(-1)[back]  # set back: the coarse arg-max
+        crumbs &= _still_surrounded(crumbs, after)
+    return back, np.flatnonzero(crumbs)
 
 
 def guard(
@@ -241,23 +293,10 @@ def guard(
     weight = trust(coarse, sure, narrow, factor, top=top)  # before the copy: it peaks
     out = keep_coarse(coarse, refined.copy(), weight)
     if binary:
-        speck_px = speck * factor * factor
-        crumbs = np.zeros(coarse.shape[1:], bool)
-        untraced = untraced_parts(
-            argmax_classes(out),
-            coarse,
-            trace,
-            speck_px,
-            background=0,
-            crumbs=crumbs,
-            probs=out,
-            sure=part_sure,
-            top=top,
+        back, swap = binary_parts(
+            argmax_classes(out), coarse, out, top, factor, trace, speck, part_sure
         )
-        flat, back = out.reshape(2, -1), np.flatnonzero(untraced)
+        flat = out.reshape(2, -1)
         flat[:, back] = coarse.reshape(2, -1)[:, back]
-        if len(back) and crumbs.any():
-            crumbs &= _still_surrounded(crumbs, (flat[1] > flat[0]).reshape(crumbs.shape))
-        swap = np.flatnonzero(crumbs)
         flat[:, swap] = flat[::-1, swap]  # two classes: the other one wins by as much
     return out.astype(np.float32, copy=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,8 +17,8 @@ import numpy as np
 
 from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError, need_torch
+from spnrefine.guard import binary_parts, keep_coarse, trust_from, trust_reach
 from spnrefine.guard import guard as do_no_harm
-from spnrefine.guard import keep_coarse, trust_from, trust_reach
 from spnrefine.io import CoarseMap, write_atomic
 from spnrefine.io.coarse import VOID
 from spnrefine.io.outputs import (
@@ -177,10 +178,9 @@ class Predictor:
         ignore = upsample_ignore(coarse.ignore, size) if coarse.ignore is not None else None
         stats = TileStats()
         factor = min(size[0] / coarse.hw[0], size[1] / coarse.hw[1])
-        if self.method == "spn" and coarse.channels > 2:
-            refined, labels = self._refine_classes(
-                image_rgb, coarse, ignore, stats, factor=factor, keep=probs
-            )
+        if self.method == "spn":
+            refine = self._refine_binary if coarse.channels == 2 else self._refine_classes
+            refined, labels = refine(image_rgb, coarse, ignore, stats, factor=factor, keep=probs)
         else:
             refined = restrict_classes(
                 self.refine_probs(
@@ -222,6 +222,85 @@ class Predictor:
         refined = refine_tiled(self._tile_logits, image_rgb, probs, stats=stats, **self._tiling())
         return do_no_harm(probs, refined, factor=factor) if self.guard else refined
 
+    def _bands(
+        self,
+        image_rgb: np.ndarray,
+        coarse: CoarseMap,
+        stats: TileStats,
+        factor: float,
+        sparse: bool,
+    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+        """The coarse map refined a band of rows at a time (`refine_bands`), each band kept
+        to what the coarse map leaves open (`spnrefine.guard.trust`) unless `guard=False`:
+        per band its rows, its channels, and their coarse and refined probabilities
+        (k×rows×W)."""
+        h, w = size = image_rgb.shape[:2]
+        bands = refine_bands(
+            self._tile_logits,
+            image_rgb,
+            lambda classes, start, stop: upsample_rows(coarse, classes, start, stop, size),
+            coarse.channels,
+            candidates=lambda start, stop: channels_in_rows(coarse, start, stop, h),
+            sparse=sparse,
+            stats=stats,
+            **self._tiling(),
+        )
+        for band in bands:
+            stop = min(band.stop, h)
+            base = band.coarse[:, : stop - band.start, :w]
+            out = band.refined[:, : stop - band.start, :w]
+            if self.guard:
+                keep_coarse(base, out, _trust_rows(coarse, size, band.start, stop, factor))
+            yield slice(band.start, stop), band.classes, base, out
+
+    def _refine_binary(
+        self,
+        image_rgb: np.ndarray,
+        coarse: CoarseMap,
+        ignore: np.ndarray | None,
+        stats: TileStats,
+        *,
+        factor: float,
+        keep: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """A map of two classes, band by band, holding only the foreground planes at the
+        image's size (the refined and the coarse one) for the guard's part rules, which need
+        the whole image: the refined probabilities (with ``keep``) and the labels. The same
+        maps as `refine_probs` and the class restriction give (to float rounding)."""
+        size = image_rgb.shape[:2]
+        fg = np.empty(size, np.float32)
+        labels = np.empty(size, bool)  # the arg-max: foreground
+        coarse_fg = np.empty(size, np.float32) if self.guard else None
+        top = np.empty(size, bool) if self.guard else None
+        for rows, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
+            fg[rows] = out[1]
+            labels[rows] = out[1] > out[0]
+            if self.guard:
+                coarse_fg[rows] = base[1]
+                top[rows] = base[1] > base[0]
+        if self.guard:
+            back, swap = binary_parts(
+                labels.view(np.uint8),
+                (None, coarse_fg),
+                (None, fg),
+                top.view(np.uint8),
+                factor,
+            )
+            flat_fg, flat_labels = fg.reshape(-1), labels.reshape(-1)
+            flat_fg[back] = coarse_fg.reshape(-1)[back]
+            flat_labels[back] = top.reshape(-1)[back]
+            flat_fg[swap] = 1.0 - flat_fg[swap]
+            flat_labels[swap] = ~flat_labels[swap]
+            del coarse_fg, top
+        present = present_classes(coarse)
+        if not present.all():  # one class only: it is everywhere
+            fg[:] = labels[:] = present[1]
+        ids = np.asarray(coarse.labels)
+        out = ids.astype(np.uint8 if ids.max() <= 255 else np.int32)[labels.view(np.uint8)]
+        if ignore is not None:
+            out[ignore] = VOID
+        return (np.stack([1.0 - fg, fg]) if keep else None), out
+
     def _refine_classes(
         self,
         image_rgb: np.ndarray,
@@ -232,38 +311,22 @@ class Predictor:
         factor: float,
         keep: bool,
     ) -> tuple[np.ndarray | None, np.ndarray]:
-        """A map of several classes, a band of rows at a time (`refine_bands`): the refined
-        probabilities (with ``keep``; else None, and each band holds only its tiles' classes)
-        and the labels. The same maps as `refine_probs` and the class restriction give."""
+        """A map of several classes, a band of rows at a time: the refined probabilities
+        (with ``keep``; else None, and each band holds only its tiles' classes) and the
+        labels. The same maps as `refine_probs` and the class restriction give."""
         h, w = size = image_rgb.shape[:2]
         present = present_classes(coarse)
         probs = np.zeros((coarse.channels, h, w), np.float32) if keep else None
         labels = np.empty(size, np.uint8 if max(coarse.labels) <= 255 else np.int32)
-        bands = refine_bands(
-            self._tile_logits,
-            image_rgb,
-            lambda classes, start, stop: upsample_rows(coarse, classes, start, stop, size),
-            coarse.channels,
-            candidates=lambda start, stop: channels_in_rows(coarse, start, stop, h),
-            sparse=not keep,
-            stats=stats,
-            **self._tiling(),
-        )
-        for band in bands:
-            stop = min(band.stop, h)
-            rows = slice(band.start, stop)
-            out = band.refined[:, : stop - band.start, :w]
-            if self.guard:
-                weight = _trust_rows(coarse, size, band.start, stop, factor)
-                keep_coarse(band.coarse[:, : stop - band.start, :w], out, weight)
-            held = present[band.classes]
+        for rows, classes, _, out in self._bands(image_rgb, coarse, stats, factor, not keep):
+            held = present[classes]
             if not held.any():  # only classes the coarse map never chose: void, or nearly
                 labels[rows] = coarse.labels[int(np.argmax(present))]
                 continue
             restrict_classes(out, held)
-            labels[rows] = to_labels(out, coarse, None, band.classes)
+            labels[rows] = to_labels(out, coarse, None, classes)
             if probs is not None:
-                probs[band.classes, rows] = out
+                probs[classes, rows] = out
         if ignore is not None:
             labels[ignore] = VOID
         return probs, labels

@@ -445,3 +445,27 @@ def test_many_classes_are_refused_only_when_their_probabilities_are_asked_for(
     with pytest.raises(SpnrefineError, match="7 classes at the image's 64x48"):
         refiner.refine_file(gradient_image(), ids, tmp_path / "soft.npy", soft=True)
     assert not (tmp_path / "soft.npy").exists()
+
+
+def test_a_binary_map_refined_band_by_band_is_the_map_refined_whole(refiner: Refiner):
+    # predict holds only the foreground planes and runs the guard's part rules on them;
+    # refine_probs holds both classes whole: the same labels and probabilities.
+    from spnrefine.upsample import upsample_probs
+
+    image = gradient_image(160, 200)
+    yy, xx = np.mgrid[:20, :25]
+    fg = np.clip(1.2 - np.hypot(yy - 10, xx - 12) / 6, 0, 1).astype(np.float32)
+    fg[2:4, 20:22] = 0.45  # a faint trace: parts there are judged by the part rules
+    coarse = load_coarse(_npy(fg))
+    whole = refiner.refine_probs(image, upsample_probs(coarse.probs, (160, 200)), factor=8.0)
+    expected = to_labels(restrict_classes(whole, present_classes(coarse)), coarse, None)
+    result = refiner.refine(image, coarse)
+    assert np.array_equal(result.labels, expected)
+    np.testing.assert_allclose(result.probs, whole, atol=1e-5)
+    assert refiner.refine(image, coarse, probs=False).labels.tolist() == expected.tolist()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

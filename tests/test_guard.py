@@ -209,16 +209,23 @@ def test_the_predictor_tells_the_guard_how_much_the_coarse_map_was_upsampled(mon
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = SPNRefiner(ModelConfig(hidden=2, gate_groups=2, widths=(8, 16), readout=4))
+    import spnrefine.predictor as predictor
+
     seen = []
-    monkeypatch.setattr(
-        "spnrefine.predictor.do_no_harm",
-        lambda coarse, refined, factor: seen.append(factor) or refined,
-    )
+    for name in ("binary_parts", "_trust_rows"):
+        original = getattr(predictor, name)
+
+        def spy(*args, original=original, name=name):
+            seen.append((name, args[-1]))  # both take the factor last
+            return original(*args)
+
+        monkeypatch.setattr(predictor, name, spy)
     image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     small = binary(np.arange(12)[None, :].repeat(8, 0) >= 6)  # 1/8 of the image
     coarse = CoarseMap(small, [0, 255], "binary", None, None, "test")
     Predictor(model, tile=32, overlap=8, device="cpu").predict(image, coarse)
-    assert seen == [8.0]
+    assert {factor for _, factor in seen} == {8.0}
+    assert {name for name, _ in seen} == {"binary_parts", "_trust_rows"}
 
 
 def _parts_by_hand(labels, coarse, trace, speck, background, probs, sure):
@@ -281,3 +288,20 @@ def test_many_crumbs_are_found_as_a_few_are():
         labels[:20, :20], coarse[:, :20, :20], 0.3, 4.0, background=0, crumbs=few[:20, :20]
     )
     assert np.array_equal(few[:20, :20], labels[:20, :20] == 1)
+
+
+def test_crumbs_are_judged_alike_with_16_and_32_bit_part_numbers():
+    from spnrefine.guard import _still_surrounded
+
+    rng = np.random.default_rng(0)
+    crumbs = np.zeros((200, 560), bool)
+    crumbs[:, :200] = rng.random((200, 200)) < 0.05
+    labels = np.zeros((200, 560), np.uint8)
+    labels[:, :200] = rng.random((200, 200)) < 0.5
+    few = _still_surrounded(crumbs, labels)  # under 65,536 crumb pixels: 16-bit
+    many_crumbs = crumbs.copy()
+    many_crumbs[:, 210:] = True  # 70,000 more, apart from the others: 32-bit
+    many = _still_surrounded(many_crumbs, labels)
+    assert np.count_nonzero(crumbs) < 2**16 <= np.count_nonzero(many_crumbs)
+    assert np.array_equal(many[:, :205], few[:, :205])
+    assert 0 < few.sum() < crumbs.sum()
