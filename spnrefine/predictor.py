@@ -28,7 +28,7 @@ from spnrefine.io.outputs import (
     output_format,
     overlay_format,
 )
-from spnrefine.labels import present_classes, restrict_classes, to_labels
+from spnrefine.labels import argmax_classes, present_classes, restrict_classes, to_labels
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
 from spnrefine.tiling import TileStats, refine_bands, refine_tiled
 from spnrefine.upsample import (
@@ -250,7 +250,11 @@ class Predictor:
             base = band.coarse[:, : stop - band.start, :w]
             out = band.refined[:, : stop - band.start, :w]
             if self.guard:
-                keep_coarse(base, out, _trust_rows(coarse, size, band.start, stop, factor))
+                every = len(band.classes) == coarse.channels
+                weight = _trust_rows(
+                    coarse, size, band.start, stop, factor, base if every else None
+                )
+                keep_coarse(base, out, weight)
             yield slice(band.start, stop), band.classes, base, out
 
     def _refine_binary(
@@ -387,13 +391,27 @@ class Predictor:
 
 
 def _trust_rows(
-    coarse: CoarseMap, size: tuple[int, int], start: int, stop: int, factor: float
+    coarse: CoarseMap,
+    size: tuple[int, int],
+    start: int,
+    stop: int,
+    factor: float,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rows start:stop of the guard's `trust` weight for a map of several classes, made from
-    the upsampled map's peak in those rows and the few around them that it depends on."""
+    """Rows start:stop of the guard's `trust` weight for a map refined band by band, made
+    from the upsampled map's peak in those rows and the few around them that it depends on
+    (``rows``: those rows upsampled, every channel, when the caller has them)."""
     reach = trust_reach(factor)
     lo, hi = max(0, start - reach), min(size[0], stop + reach)
-    return trust_from(*upsampled_peak(coarse, size, lo, hi), factor=factor)[start - lo : stop - lo]
+    if rows is None:
+        peak, top = upsampled_peak(coarse, size, lo, hi)
+    else:
+        parts = [upsampled_peak(coarse, size, a, b) for a, b in ((lo, start), (stop, hi)) if b > a]
+        inner = (rows.max(axis=0), argmax_classes(rows))
+        parts.insert(1 if lo < start else 0, inner)
+        peak = np.concatenate([p for p, _ in parts])
+        top = np.concatenate([t.astype(parts[0][1].dtype, copy=False) for _, t in parts])
+    return trust_from(peak, top, factor=factor)[start - lo : stop - lo]
 
 
 def check_method(method: str) -> None:

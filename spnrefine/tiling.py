@@ -103,6 +103,7 @@ size, for some of its channels (an array sliced, or a coarse map upsampled a ban
 Candidates = Callable[[int, int], np.ndarray]
 """(start, stop) → the channels that may be above zero somewhere in those rows."""
 CHANNELS_PER_SCAN = 16  # channels brought to the image's size at a time to find the tiles' classes
+PLAN_ROWS_BYTES = 64 * 2**20  # coarse rows kept from planning to refining, at most
 
 
 @dataclass
@@ -196,6 +197,8 @@ def refine_bands(
     # Plan: each tile's classes, and whether the coarse map is sure of it all.
     plans: list[list[np.ndarray | None]] = []  # per tile: the classes to refine, or None
     keeps: list[np.ndarray] = []  # per row of tiles: the channels its band keeps
+    kept_rows: dict[int, np.ndarray] = {}
+    kept_bytes = 0
     for y in starts_y:
         found = candidates(y, min(y + tile, h)) if candidates is not None else every
         peak = np.zeros((len(starts_x), len(found)), np.float32)
@@ -216,6 +219,13 @@ def refine_bands(
                 keep.append(found[peak[i] >= min(1 - confident, 1 / len(found))])
         plans.append(plan)
         keeps.append(np.unique(np.concatenate(keep)))
+        # Without sparse (a binary map, or every class asked for), the plan's rows are the
+        # row's coarse rows when they hold its channels: kept while they fit, they need not
+        # be made again (a binary map: all its rows, at 1920×1080).
+        if not sparse and len(found) <= CHANNELS_PER_SCAN and np.array_equal(found, keeps[-1]):
+            if kept_bytes + part.nbytes <= PLAN_ROWS_BYTES:
+                kept_rows[len(plans) - 1] = part
+                kept_bytes += part.nbytes
     if expect is not None:
         maps = sum(len(p) for plan in plans for p in plan if p is not None)
         if maps:
@@ -284,7 +294,9 @@ def refine_bands(
 
     for row_index, y in enumerate(starts_y):
         classes = keeps[row_index]
-        coarse = fetch(classes, y, y + tile)
+        coarse = kept_rows.pop(row_index, None)
+        if coarse is None:
+            coarse = fetch(classes, y, y + tile)
         row = _TileRow(
             y, classes, coarse, np.zeros_like(coarse), np.zeros((tile, pw), np.float32), held=y
         )
