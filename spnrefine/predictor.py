@@ -169,10 +169,12 @@ class Predictor:
         self, image_rgb: np.ndarray, coarse: CoarseMap, *, probs: bool = True
     ) -> RefineResult:
         """Refine a decoded coarse map against an H×W×3 uint8 RGB image of any size the map
-        upsamples to: probabilities and label ids at the image's resolution. With
-        ``probs=False`` only the labels are made (`RefineResult.probs` is None): a map of
-        many classes is then refined a band of rows at a time, keeping in each band only the
-        classes its tiles hold, so memory grows with those, not with all classes."""
+        upsamples to: probabilities and label ids at the image's resolution. The model's map
+        is made a band of rows at a time (`refine_bands`), so the map is never held whole
+        at the image's size but for a binary map's foreground planes and the output. With
+        ``probs=False`` only the labels are made (`RefineResult.probs` is None), and a map
+        of many classes keeps in each band only the classes its tiles hold, so memory grows
+        with those, not with all classes."""
         started = time.perf_counter()
         size = image_rgb.shape[:2]
         ignore = upsample_ignore(coarse.ignore, size) if coarse.ignore is not None else None
