@@ -50,6 +50,13 @@ def restrict_classes(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
     return probs
 
 
+def label_lut(coarse: CoarseMap) -> np.ndarray:
+    """The label id of each channel of `coarse`, as the labels' dtype (uint8 when every id
+    fits, else int32): indexed by channel, it writes labels."""
+    ids = np.asarray(coarse.labels)
+    return ids.astype(np.uint8 if ids.max() <= 255 else np.int32)
+
+
 def to_labels(
     probs: np.ndarray,
     coarse: CoarseMap,
@@ -59,10 +66,8 @@ def to_labels(
     """H×W label ids (`coarse.labels` of the argmax); void pixels of the coarse map stay 255.
     ``classes``: the channel of the coarse map each of `probs`' stands for, when they are only
     some of them."""
-    ids = np.asarray(coarse.labels)
-    lut = ids.astype(np.uint8 if ids.max() <= 255 else np.int32)
     top = argmax_classes(probs)
-    labels = lut[top if classes is None else classes[top]]
+    labels = label_lut(coarse)[top if classes is None else classes[top]]
     if ignore is not None:
         labels[ignore] = VOID
     return labels

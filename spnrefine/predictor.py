@@ -28,7 +28,13 @@ from spnrefine.io.outputs import (
     output_format,
     overlay_format,
 )
-from spnrefine.labels import argmax_classes, present_classes, restrict_classes, to_labels
+from spnrefine.labels import (
+    argmax_classes,
+    label_lut,
+    present_classes,
+    restrict_classes,
+    to_labels,
+)
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
 from spnrefine.tiling import TileStats, refine_bands, refine_tiled
 from spnrefine.upsample import (
@@ -301,8 +307,7 @@ class Predictor:
         present = present_classes(coarse)
         if not present.all():  # one class only: it is everywhere
             fg[:] = labels[:] = present[1]
-        ids = np.asarray(coarse.labels)
-        out = ids.astype(np.uint8 if ids.max() <= 255 else np.int32)[labels.view(np.uint8)]
+        out = label_lut(coarse)[labels.view(np.uint8)]
         if ignore is not None:
             out[ignore] = VOID
         return (np.stack([1.0 - fg, fg]) if keep else None), out
@@ -323,7 +328,7 @@ class Predictor:
         h, w = size = image_rgb.shape[:2]
         present = present_classes(coarse)
         probs = np.zeros((coarse.channels, h, w), np.float32) if keep else None
-        labels = np.empty(size, np.uint8 if max(coarse.labels) <= 255 else np.int32)
+        labels = np.empty(size, label_lut(coarse).dtype)
         for rows, classes, _, out in self._bands(image_rgb, coarse, stats, factor, not keep):
             held = present[classes]
             if not held.any():  # only classes the coarse map never chose: void, or nearly

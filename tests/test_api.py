@@ -16,7 +16,7 @@ from spnrefine import tiling
 from spnrefine.api import Refiner, RefineResult
 from spnrefine.checkpoint import save_model
 from spnrefine.errors import SpnrefineError
-from spnrefine.io import CoarseMap, load_coarse
+from spnrefine.io import CoarseMap, encode_npy, load_coarse
 from spnrefine.labels import present_classes, restrict_classes, to_labels
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.tiling import TileStats
@@ -456,16 +456,10 @@ def test_a_binary_map_refined_band_by_band_is_the_map_refined_whole(refiner: Ref
     yy, xx = np.mgrid[:20, :25]
     fg = np.clip(1.2 - np.hypot(yy - 10, xx - 12) / 6, 0, 1).astype(np.float32)
     fg[2:4, 20:22] = 0.45  # a faint trace: parts there are judged by the part rules
-    coarse = load_coarse(_npy(fg))
+    coarse = load_coarse(encode_npy(fg))
     whole = refiner.refine_probs(image, upsample_probs(coarse.probs, (160, 200)), factor=8.0)
     expected = to_labels(restrict_classes(whole, present_classes(coarse)), coarse, None)
     result = refiner.refine(image, coarse)
     assert np.array_equal(result.labels, expected)
     np.testing.assert_allclose(result.probs, whole, atol=1e-5)
     assert refiner.refine(image, coarse, probs=False).labels.tolist() == expected.tolist()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
