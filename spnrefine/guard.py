@@ -123,14 +123,31 @@ def _traced(parts: np.ndarray, count: int, coarse: np.ndarray, trace: float) -> 
     return traced
 
 
+class AtOdd:
+    """A probability plane of a binary map known only where its labels and the coarse arg-max
+    differ (`index`: those pixels' sorted flat indices; `values`: the plane there). Those are
+    the only pixels the part rules read (`untraced_parts` with the coarse arg-max, at a trace
+    of at most 1/2), so labels alone need not hold whole planes: memory grows with the pixels
+    the refiner moved, along the boundaries, not with the image."""
+
+    def __init__(self, index: np.ndarray, values: np.ndarray):
+        self.index, self.values = index, values
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.index, index)]
+
+
 def _plane(planes, c: int, index: np.ndarray | None = None) -> np.ndarray:
     """Class `c`'s plane of C×H×W `planes`, or its values at the flat `index`. A binary map
     may be given as (None, foreground): the background, 1 − foreground, is made only where
-    it is read."""
+    it is read; a plane may be known only at some pixels (`AtOdd`)."""
     plane = planes[c]
     if plane is None:
-        other = planes[1 - c]
-        return 1.0 - (other if index is None else other.reshape(-1)[index])
+        return 1.0 - _plane(planes, 1 - c, index)
+    if isinstance(plane, AtOdd):
+        if index is None:
+            raise ValueError("a plane known at some pixels is read only there")
+        return plane.at(index)
     return plane if index is None else plane.reshape(-1)[index]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError, need_torch
-from spnrefine.guard import binary_parts, keep_coarse, trust_from, trust_reach
+from spnrefine.guard import AtOdd, binary_parts, keep_coarse, trust_from, trust_reach
 from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
 from spnrefine.io.coarse import VOID
@@ -275,38 +275,57 @@ class Predictor:
         factor: float,
         keep: bool,
     ) -> tuple[np.ndarray | None, np.ndarray]:
-        """A map of two classes, band by band, holding only the foreground planes at the
-        image's size (the refined and the coarse one) for the guard's part rules, which need
-        the whole image: the refined probabilities (with ``keep``) and the labels. The same
-        maps as `refine_probs` and the class restriction give (to float rounding)."""
+        """A map of two classes, band by band: the refined probabilities (with ``keep``) and
+        the labels. The guard's part rules need the whole image: held at its size are the
+        labels and the coarse arg-max (a byte a pixel each), and the refined and the coarse
+        foreground planes with ``keep``; for labels alone only their values where the labels
+        and the coarse arg-max differ (`guard.AtOdd`), the pixels the rules read. The same maps
+        as `refine_probs` and the class restriction give (to float rounding)."""
         size = image_rgb.shape[:2]
-        fg = np.empty(size, np.float32)
         labels = np.empty(size, bool)  # the arg-max: foreground
-        coarse_fg = np.empty(size, np.float32) if self.guard else None
-        top = np.empty(size, bool) if self.guard else None
+        top = np.empty(size, bool) if self.guard else None  # the coarse arg-max
+        # Whole foreground planes only where probabilities are asked for; for labels alone the
+        # part rules read them only where the labels and the coarse arg-max differ.
+        fg = np.empty(size, np.float32) if keep else None
+        coarse_fg = np.empty(size, np.float32) if keep and self.guard else None
+        odd: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for rows, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
-            fg[rows] = out[1]
-            labels[rows] = out[1] > out[0]
-            if self.guard:
+            labels[rows] = band = out[1] > out[0]
+            if keep:
+                fg[rows] = out[1]
+            if not self.guard:
+                continue
+            top[rows] = coarse_top = base[1] > base[0]
+            if keep:
                 coarse_fg[rows] = base[1]
-                top[rows] = base[1] > base[0]
+            else:
+                moved = band != coarse_top
+                flat = np.flatnonzero(moved) + rows.start * size[1]
+                odd.append((flat, base[1][moved], out[1][moved]))
         if self.guard:
+            if keep:
+                coarse_planes, planes = (None, coarse_fg), (None, fg)
+            else:
+                index = np.concatenate([o[0] for o in odd])
+                coarse_planes = (None, AtOdd(index, np.concatenate([o[1] for o in odd])))
+                planes = (None, AtOdd(index, np.concatenate([o[2] for o in odd])))
+                del odd
             back, swap = binary_parts(
-                labels.view(np.uint8),
-                (None, coarse_fg),
-                (None, fg),
-                top.view(np.uint8),
-                factor,
+                labels.view(np.uint8), coarse_planes, planes, top.view(np.uint8), factor
             )
-            flat_fg, flat_labels = fg.reshape(-1), labels.reshape(-1)
-            flat_fg[back] = coarse_fg.reshape(-1)[back]
+            flat_labels = labels.reshape(-1)
             flat_labels[back] = top.reshape(-1)[back]
-            flat_fg[swap] = 1.0 - flat_fg[swap]
             flat_labels[swap] = ~flat_labels[swap]
-            del coarse_fg, top
+            if keep:
+                flat_fg = fg.reshape(-1)
+                flat_fg[back] = coarse_fg.reshape(-1)[back]
+                flat_fg[swap] = 1.0 - flat_fg[swap]
+            del coarse_fg, top, coarse_planes, planes
         present = present_classes(coarse)
         if not present.all():  # one class only: it is everywhere
-            fg[:] = labels[:] = present[1]
+            labels[:] = present[1]
+            if keep:
+                fg[:] = present[1]
         out = label_lut(coarse)[labels.view(np.uint8)]
         if ignore is not None:
             out[ignore] = VOID

@@ -305,3 +305,27 @@ def test_crumbs_are_judged_alike_with_16_and_32_bit_part_numbers():
     assert np.count_nonzero(crumbs) < 2**16 <= np.count_nonzero(many_crumbs)
     assert np.array_equal(many[:, :205], few[:, :205])
     assert 0 < few.sum() < crumbs.sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_part_rules_read_the_planes_only_where_labels_and_coarse_arg_max_differ(seed):
+    # Labels alone keep the planes only there (AtOdd): the same parts go back and flip.
+    import cv2
+
+    from spnrefine.guard import AtOdd, binary_parts
+
+    rng = np.random.default_rng(seed)
+    fg = cv2.GaussianBlur(rng.random((60, 70)).astype(np.float32), (0, 0), 2)
+    fg = (fg - fg.min()) / (fg.max() - fg.min())
+    refined_fg = np.clip(fg + rng.normal(0, 0.25, fg.shape), 0, 1).astype(np.float32)
+    labels = (refined_fg > 0.5).astype(np.uint8)
+    top = (fg > 0.5).astype(np.uint8)
+    back, swap = binary_parts(labels, (None, fg), (None, refined_fg), top, 8.0)
+    assert len(back) and len(swap)  # the case exercises both rules
+    moved = np.flatnonzero(labels != top)
+    sparse = (None, AtOdd(moved, fg.reshape(-1)[moved]))
+    sparse_probs = (None, AtOdd(moved, refined_fg.reshape(-1)[moved]))
+    got_back, got_swap = binary_parts(labels, sparse, sparse_probs, top, 8.0)
+    assert np.array_equal(got_back, back) and np.array_equal(got_swap, swap)
+    with pytest.raises(ValueError, match="read only there"):  # a rule that needs it all
+        binary_parts(labels, sparse, sparse_probs, top, 8.0, trace=0.6)
