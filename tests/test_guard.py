@@ -329,3 +329,16 @@ def test_the_part_rules_read_the_planes_only_where_labels_and_coarse_arg_max_dif
     assert np.array_equal(got_back, back) and np.array_equal(got_swap, swap)
     with pytest.raises(ValueError, match="read only there"):  # a rule that needs it all
         binary_parts(labels, sparse, sparse_probs, top, 8.0, trace=0.6)
+
+
+def test_parts_are_numbered_in_16_bits_where_they_fit_and_in_32_past_that():
+    from spnrefine.guard import _components
+
+    few = np.zeros((40, 40), bool)
+    few[5:10, 5:10] = few[20:30, 20:30] = True
+    count, parts, stats = _components(few, 8)
+    assert count == 3 and parts.dtype == np.uint16 and stats[1:, 4].tolist() == [25, 100]
+    many = np.zeros((600, 600), bool)
+    many[::2, ::2] = True  # 90,000 lone pixels: past 16 bits
+    count, parts, _ = _components(many, 8)
+    assert count == 90_001 and parts.dtype == np.int32 and parts.max() == 90_000
