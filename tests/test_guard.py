@@ -342,3 +342,13 @@ def test_parts_are_numbered_in_16_bits_where_they_fit_and_in_32_past_that():
     many[::2, ::2] = True  # 90,000 lone pixels: past 16 bits
     count, parts, _ = _components(many, 8)
     assert count == 90_001 and parts.dtype == np.int32 and parts.max() == 90_000
+
+
+def test_the_ids_a_label_map_holds_are_those_np_unique_finds():
+    from spnrefine.labels import ids_in
+
+    rng = np.random.default_rng(0)
+    for dtype, top in ((np.uint8, 255), (np.uint16, 700), (np.int32, 70_000)):
+        ids = rng.choice([0, 3, top], size=(40, 30)).astype(dtype)
+        assert ids_in(ids).tolist() == np.unique(ids).tolist()
+        assert ids_in(ids[::2, 1::3]).tolist() == np.unique(ids[::2, 1::3]).tolist()  # a view
