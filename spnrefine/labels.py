@@ -5,18 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnrefine.io.coarse import VOID, CoarseMap
-
-
-def ids_in(labels: np.ndarray) -> np.ndarray:
-    """The sorted ids a map of non-negative integer labels holds. A histogram, not np.unique
-    (sorting 48 million pixels takes seconds); a byte map's is OpenCV's, as np.bincount
-    first copies a map to 8-byte integers (100 MB at 4096×3072)."""
-    if labels.dtype == np.uint8 and labels.ndim == 2:
-        import cv2
-
-        return np.flatnonzero(cv2.calcHist([labels], [0], None, [256], [0, 256]).ravel())
-    return np.flatnonzero(np.bincount(labels.ravel()))
+from spnrefine.io.coarse import VOID, CoarseMap, ids_in  # noqa: F401 (ids_in: here too)
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:

@@ -487,6 +487,4 @@ def _torch_cuda() -> bool:
 
 
 def _present_ids(labels: np.ndarray) -> list[int]:
-    if labels.dtype == np.uint8:
-        return ids_in(labels).tolist()
-    return [int(k) for k in np.unique(labels)]
+    return [int(k) for k in ids_in(labels)]

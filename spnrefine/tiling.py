@@ -143,6 +143,12 @@ def _add_channels(into: np.ndarray, channels: np.ndarray, values: np.ndarray) ->
         into[channel] += values[source]
 
 
+def _sorted_set(channels: np.ndarray) -> np.ndarray:
+    """np.unique of a few channel numbers (a count, not a sort: np.unique's first call loads
+    numpy.ma, 20 ms of a one-shot refine)."""
+    return np.flatnonzero(np.bincount(channels)) if len(channels) else channels
+
+
 def refine_bands(
     model: TileLogits,
     image: np.ndarray,
@@ -218,7 +224,7 @@ def refine_bands(
             if sparse:
                 keep.append(found[peak[i] >= min(1 - confident, 1 / len(found))])
         plans.append(plan)
-        keeps.append(np.unique(np.concatenate(keep)))
+        keeps.append(_sorted_set(np.concatenate(keep)))
         # Without sparse (a binary map, or every class asked for), the plan's rows are the
         # row's coarse rows when they hold its channels: kept while they fit, they need not
         # be made again (a binary map: all its rows, at 1920×1080).
@@ -267,7 +273,7 @@ def refine_bands(
             covering = [r for r in open_rows.values() if r.start < stop and r.start + tile > start]
             if any(r.waiting for r in covering):
                 return
-            classes = np.unique(np.concatenate([r.classes for r in covering]))
+            classes = _sorted_set(np.concatenate([r.classes for r in covering]))
             own = open_rows[done]
             if len(classes) == len(own.classes):
                 coarse = own.coarse[:, : stop - start]
