@@ -15,9 +15,12 @@ from spnrefine.propagation.vectorized import forward as propagate  # noqa: F401 
 
 def normalize_three_way(raw: np.ndarray) -> None:
     """In place: raw (N×3×P) scaled so that Σ|p| ≤ 1 at every pixel (divide by max(Σ|p|, 1))."""
-    total = np.abs(raw).sum(axis=1, keepdims=True)
-    np.maximum(total, 1.0, out=total)
-    raw *= np.float32(1.0) / total
+    total = np.abs(raw[:, 0])  # the same sum as the numba kernel's, with fewer temporaries
+    total += np.abs(raw[:, 1])
+    total += np.abs(raw[:, 2])
+    np.maximum(total, np.float32(1.0), out=total)
+    np.divide(np.float32(1.0), total, out=total)
+    raw *= total[:, None]
 
 
 def _act(v: np.ndarray, elu: bool) -> np.ndarray:
