@@ -20,8 +20,9 @@ the ground truth area-shrunk ×8 and thresholded, 0/255). Rows:
 
 Times are medians over the repeats (min–max beside them); spnrefine and the CRF alternate, so
 both see the same load. Both commands run once untimed first, and every process runs with
-bytecode, as an installed tool does (PYTHONDONTWRITEBYTECODE is left out of its environment). The machine is shared: the load average is printed at the start and
-the end; compare ratios within a run, not seconds across runs.
+bytecode, as an installed tool does (PYTHONDONTWRITEBYTECODE is left out of its
+environment). The machine is shared: the load average is printed at the start and the end;
+compare ratios within a run, not seconds across runs.
 """
 
 from __future__ import annotations
