@@ -11,7 +11,8 @@ import math
 import cv2
 import numpy as np
 
-from spnrefine.labels import argmax_classes, ids_in
+from spnrefine.io.coarse import ids_in
+from spnrefine.labels import argmax_classes
 
 DEFAULT_SURE = 0.02
 """Coarse uncertainty (1 − top probability) at and below which the coarse map is kept; the

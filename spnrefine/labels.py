@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnrefine.io.coarse import VOID, CoarseMap, ids_in  # noqa: F401 (ids_in: here too)
+from spnrefine.io.coarse import VOID, CoarseMap
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from spnrefine.errors import SpnrefineError, need_torch
 from spnrefine.guard import AtOdd, binary_parts, keep_coarse, trust_from, trust_reach
 from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
-from spnrefine.io.coarse import VOID
+from spnrefine.io.coarse import VOID, ids_in
 from spnrefine.io.outputs import (
     encode_output,
     encode_result_overlay,
@@ -30,7 +30,6 @@ from spnrefine.io.outputs import (
 )
 from spnrefine.labels import (
     argmax_classes,
-    ids_in,
     label_lut,
     present_classes,
     restrict_classes,

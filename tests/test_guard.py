@@ -345,7 +345,7 @@ def test_parts_are_numbered_in_16_bits_where_they_fit_and_in_32_past_that():
 
 
 def test_the_ids_a_label_map_holds_are_those_np_unique_finds():
-    from spnrefine.labels import ids_in
+    from spnrefine.io.coarse import ids_in
 
     rng = np.random.default_rng(0)
     for dtype, top in ((np.uint8, 255), (np.uint16, 700), (np.int32, 70_000)):
