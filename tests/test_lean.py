@@ -20,7 +20,7 @@ from spnrefine.checkpoint import load_lean_model, load_model, save_model
 from spnrefine.errors import SpnrefineError
 from spnrefine.model import ModelConfig, SPNRefiner
 from spnrefine.model.fast import fold_batchnorm
-from spnrefine.model.lean import LeanRefiner
+from spnrefine.model.lean import LeanRefiner, _State, guidance_graph
 from spnrefine.tiling import refine_tiled
 from spnrefine.upsample import upsample_probs
 
@@ -107,6 +107,26 @@ def test_many_classes_are_refined_in_parts_with_the_same_result(monkeypatch):
     np.testing.assert_allclose(lean.tile_logits(tiles, probs), whole, atol=1e-6)
     parts_map = refine_tiled(lean.tile_logits, image, probs[0], tile=16, overlap=4)
     np.testing.assert_allclose(parts_map, whole_map, atol=1e-6)
+
+
+def test_the_guidance_nets_hidden_layers_are_whole_channel_blocks_with_the_same_output(
+    monkeypatch,
+):
+    # OpenCV's DNN concatenates parts of whole 8-channel blocks fast and others as slowly as
+    # a convolution: hidden layers are widened with zero channels, which changes no number.
+    model = trained_looking(ModelConfig())  # widths 12, 24, 48, 96: the 12 are widened
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    lean = LeanRefiner(model.config, state)
+    graph = guidance_graph(model.config, _State(state))
+    widths = {t.name: t.width for t in graph.tensors}
+    assert widths.pop("raw") == 4 * model.config.gate_groups * 3
+    assert all(width % 8 == 0 for width in widths.values())
+    assert 16 in widths.values() and 12 not in widths.values()  # the 12 widened
+    tiles, probs = _tiles(2, 2, 64)
+    image = tiles.astype(np.float32) / 255
+    monkeypatch.setattr("spnrefine.model.lean.CHANNEL_BLOCK", 1)
+    narrow = LeanRefiner(model.config, state)
+    np.testing.assert_allclose(lean.gates(image, probs), narrow.gates(image, probs), atol=1e-5)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):

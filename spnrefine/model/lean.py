@@ -88,24 +88,60 @@ class _State:
             raise WeightsMismatch(f"unexpected {', '.join(left[:3])}")
 
 
+# OpenCV's DNN (5.x) runs convolutions on channels in blocks of 8: a concatenation whose parts
+# are not whole blocks (the guidance net's full-resolution skip, 12 channels) takes as long as
+# a convolution. Every hidden layer is widened to whole blocks with zero channels (zero weights
+# and bias in, zero weights out), which gives the same numbers.
+CHANNEL_BLOCK = 8
+
+
+class _Tensor:
+    """A tensor of the graph: its name, its width with the padding, and where its real
+    channels lie within it."""
+
+    def __init__(self, name: str, width: int, channels: np.ndarray):
+        self.name, self.width, self.channels = name, width, channels
+
+
 class _Graph:
-    """Builds the guidance net's ONNX graph node by node."""
+    """Builds the guidance net's ONNX graph node by node, hidden layers widened to whole
+    channel blocks."""
 
     def __init__(self, act: str):
         self.act, self.nodes, self.inits, self.count = act, [], [], 0
+        self.tensors: list[_Tensor] = []  # every node's output, in order
 
     def _name(self, kind: str) -> str:
         self.count += 1
         return f"{kind}{self.count}"
 
-    def conv(self, x: str, weight: np.ndarray, bias: np.ndarray, stride: int = 1, act=True) -> str:
-        name = self._name("conv")
-        self.inits += [onnx.tensor(f"{name}.w", weight), onnx.tensor(f"{name}.b", bias)]
+    def _made(self, tensor: _Tensor) -> _Tensor:
+        self.tensors.append(tensor)
+        return tensor
+
+    def conv(
+        self,
+        x: _Tensor,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        stride: int = 1,
+        act: bool = True,
+        out: str | None = None,
+    ) -> _Tensor:
+        """Conv (+ activation) of ``x``; a named output (``out``) keeps its own width."""
+        cout = weight.shape[0]
+        width = cout if out else -(-cout // CHANNEL_BLOCK) * CHANNEL_BLOCK
+        padded = np.zeros((width, x.width, *weight.shape[2:]), np.float32)
+        padded[:cout, x.channels] = weight
+        padded_bias = np.zeros(width, np.float32)
+        padded_bias[:cout] = bias
+        name = out if out and not act else self._name("conv")
+        self.inits += [onnx.tensor(f"{name}.w", padded), onnx.tensor(f"{name}.b", padded_bias)]
         pad = weight.shape[-1] // 2
         self.nodes.append(
             onnx.node(
                 "Conv",
-                [x, f"{name}.w", f"{name}.b"],
+                [x.name, f"{name}.w", f"{name}.b"],
                 [name],
                 name,
                 kernel_shape=list(weight.shape[-2:]),
@@ -113,16 +149,18 @@ class _Graph:
                 strides=[stride, stride],
             )
         )
+        result = self._made(_Tensor(name, width, np.arange(cout)))
         if not act:
-            return name
-        out = self._name("act")
+            return result
+        # ReLU and ELU keep zero channels zero.
+        act_name = out or self._name("act")
         if self.act == "elu":
-            self.nodes.append(onnx.node("Elu", [name], [out], out, alpha=1.0))
+            self.nodes.append(onnx.node("Elu", [name], [act_name], act_name, alpha=1.0))
         else:
-            self.nodes.append(onnx.node("Relu", [name], [out], out))
-        return out
+            self.nodes.append(onnx.node("Relu", [name], [act_name], act_name))
+        return self._made(_Tensor(act_name, width, result.channels))
 
-    def up2(self, x: str) -> str:
+    def up2(self, x: _Tensor) -> _Tensor:
         """×2 bilinear with half-pixel centres (torch's interpolate, align_corners=False)."""
         name = self._name("up")
         scales = f"{name}.scales"
@@ -130,36 +168,51 @@ class _Graph:
         self.nodes.append(
             onnx.node(
                 "Resize",
-                [x, "", scales],
+                [x.name, "", scales],
                 [name],
                 name,
                 mode="linear",
                 coordinate_transformation_mode="half_pixel",
             )
         )
-        return name
+        return self._made(_Tensor(name, x.width, x.channels))
 
-    def concat(self, parts: list[str]) -> str:
+    def concat(self, parts: list[_Tensor]) -> _Tensor:
         name = self._name("cat")
-        self.nodes.append(onnx.node("Concat", parts, [name], name, axis=1))
-        return name
+        self.nodes.append(onnx.node("Concat", [p.name for p in parts], [name], name, axis=1))
+        offsets = np.cumsum([0] + [p.width for p in parts])
+        channels = np.concatenate([p.channels + o for p, o in zip(parts, offsets, strict=False)])
+        return self._made(_Tensor(name, int(offsets[-1]), channels))
 
-    def max_pool(self, x: str) -> str:
+    def max_pool(self, x: _Tensor) -> _Tensor:
         name = self._name("pool")
         self.nodes.append(
-            onnx.node("MaxPool", [x], [name], name, kernel_shape=[2, 2], strides=[2, 2])
+            onnx.node("MaxPool", [x.name], [name], name, kernel_shape=[2, 2], strides=[2, 2])
         )
-        return name
+        return self._made(_Tensor(name, x.width, x.channels))
 
 
 def guidance_onnx(config: ModelConfig, weights: _State) -> bytes:
     """The guidance net of ``config`` (batch norms folded) as an ONNX model: input ``x``
     (N×5×H×W: normalised RGB and the two cues), output ``raw`` (N×G·12×H×W, before the gate
     normalisation)."""
-    graph, widths = _Graph(config.activation), config.widths
-    prefix, cin, x, skips = "guidance", 3 + NUM_CUES, "x", []
+    graph = guidance_graph(config, weights)
+    groups = config.gate_groups * GATES_PER_GROUP
+    return onnx.model(
+        graph.nodes,
+        graph.inits,
+        [onnx.value_info("x", ["N", 3 + NUM_CUES, "H", "W"])],
+        [onnx.value_info("raw", ["N", groups, "H", "W"])],
+    )
 
-    def block(x: str, name: str, cin: int, cout: int, stride: int = 1) -> str:
+
+def guidance_graph(config: ModelConfig, weights: _State) -> _Graph:
+    """The nodes and weights of `guidance_onnx`'s graph."""
+    graph, widths = _Graph(config.activation), config.widths
+    prefix, cin, skips = "guidance", 3 + NUM_CUES, []
+    x = _Tensor("x", cin, np.arange(cin))
+
+    def block(x: _Tensor, name: str, cin: int, cout: int, stride: int = 1) -> _Tensor:
         w, b = weights.conv_bn(f"{name}.0", f"{name}.1", cin, cout)
         return graph.conv(x, w, b, stride)
 
@@ -197,14 +250,8 @@ def guidance_onnx(config: ModelConfig, weights: _State) -> bytes:
         x = block(x, f"{prefix}.up.{len(pairs)}", widths[1] + widths[0], head_in)
     groups = config.gate_groups * GATES_PER_GROUP
     w, b = weights.conv(f"{prefix}.head", head_in, groups, 1)
-    out = graph.conv(x, w, b, act=False)
-    graph.nodes.append(onnx.node("Identity", [out], ["raw"], "raw"))
-    return onnx.model(
-        graph.nodes,
-        graph.inits,
-        [onnx.value_info("x", ["N", 3 + NUM_CUES, "H", "W"])],
-        [onnx.value_info("raw", ["N", groups, "H", "W"])],
-    )
+    graph.conv(x, w, b, act=False, out="raw")
+    return graph
 
 
 def coarse_cues(probs: np.ndarray) -> np.ndarray:
