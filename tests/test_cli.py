@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -593,3 +594,38 @@ def test_batch_from_a_list_with_a_nul_byte_reports_that_line(cli, tmp_path: Path
     assert "internal error" not in result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert [p["status"] for p in report["pairs"]] == ["ok", "failed"]
+
+
+FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "hold":
+    from spnrefine.cli.common import hold_freed_memory
+    hold_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def call():  # a model call's arrays: several of the gates' size at once, then all freed
+    held = [np.ones(3 * 2**20, np.float32) for _ in range(3)]
+    del held
+for _ in range(2):  # let malloc settle on the sizes
+    call()
+before = faults()
+for _ in range(10):
+    call()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_a_refining_process_reuses_freed_memory_instead_of_faulting_it_in_again():
+    import subprocess
+
+    def faults(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout)
+
+    pages = 10 * 3 * 12 * 2**20 // 4096  # what the calls allocate, in pages
+    assert faults("plain") > pages // 20  # the heap's top given back and faulted in again
+    assert faults("hold") < pages // 200
