@@ -12,8 +12,6 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from spnrefine.baselines import BASELINES, describe_baselines
 from spnrefine.settings import (
@@ -24,6 +22,8 @@ from spnrefine.settings import (
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from spnrefine.api import Refiner
     from spnrefine.pair import PairOptions, PairReport
 
@@ -75,31 +75,66 @@ def _main(
     """Refine coarse segmentation masks with Spatial Propagation Networks."""
 
 
+# rich is imported where a command prints, not with the CLI: --help, --version and the
+# errors click reports itself answer without it (40-80 ms).
+
+
 def stderr_console(quiet: bool = False) -> Console:
     """Logs go to stderr; NO_COLOR turns colour, and every other escape code, off."""
+    from rich.console import Console
+
     plain = "NO_COLOR" in os.environ
     return Console(stderr=True, quiet=quiet, no_color=plain, color_system=None if plain else "auto")
 
 
 def stdout_console() -> Console:
     """Results that are tables go to stdout, with the same NO_COLOR rule as the logs."""
+    from rich.console import Console
+
     plain = "NO_COLOR" in os.environ
     return Console(no_color=plain, color_system=None if plain else "auto")
 
 
+def _coloured(stream) -> bool:
+    """Colour as rich decides it: NO_COLOR turns it off, FORCE_COLOR on, else a terminal."""
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") in ("dumb", "unknown"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or stream.isatty()
+
+
+def _plain(line: str, error: bool = False) -> None:
+    """One line on stderr without rich (a one-shot command need not import it)."""
+    if error:
+        red = _coloured(sys.stderr)
+        line = ("\x1b[1;31merror:\x1b[0m " if red else "error: ") + line
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def fail(err: Exception | str, console: Console | None = None) -> typer.Exit:
-    """Print ``err`` as one line on stderr, --quiet or not, and return the exit to raise."""
-    # Escaped: paths and messages may hold [brackets] that rich would read as markup.
-    line = f"[bold red]error:[/] {escape(str(err))}"
+    """Print ``err`` as one line on stderr, --quiet or not, and return the exit to raise.
+    Through ``console`` when there is one that prints (it may hold a progress bar), else
+    plainly."""
     if console is None or console.quiet:
-        console = stderr_console()
-    console.print(line, highlight=False, soft_wrap=True)
+        _plain(str(err), error=True)
+        return typer.Exit(code=2)
+    from rich.markup import escape
+
+    # Escaped: paths and messages may hold [brackets] that rich would read as markup.
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
-def tell(report: PairReport, console: Console, json_out: bool, progress_only: bool = False) -> None:
+def tell(
+    report: PairReport,
+    console: Console | None,
+    json_out: bool,
+    progress_only: bool = False,
+    quiet: bool = False,
+) -> None:
     """Report one pair: JSON on stdout when asked; errors always, successes unless quiet (or
-    `progress_only`: a batch's bar shows them), on stderr."""
+    `progress_only`: a batch's bar shows them), on stderr, through ``console`` or, without
+    one, plainly."""
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         sys.stdout.flush()
@@ -112,12 +147,16 @@ def tell(report: PairReport, console: Console, json_out: bool, progress_only: bo
             if report.details["method"] == "spn"
             else f"method {report.details['method']}"
         )
-        console.print(
-            f"wrote {escape(report.out)} ({w}x{h} {report.details['kind']}, {how}, "
-            f"{report.seconds:.1f} s)",
-            highlight=False,
-            soft_wrap=True,
+        line = (
+            f"wrote {report.out} ({w}x{h} {report.details['kind']}, {how}, {report.seconds:.1f} s)"
         )
+        if console is None:
+            if not quiet:
+                _plain(line)
+            return
+        from rich.markup import escape
+
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 # Options of `refine` and `batch`; each is a keyword of the Python API of the same name.

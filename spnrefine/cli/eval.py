@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from spnrefine.cli.common import (
     QuietOption,
@@ -156,9 +155,10 @@ def eval_(
 
 
 def _table(summary: dict) -> Table:
+    """Metrics as rows; the predictions' scores, and with coarse maps theirs and the gain."""
+    from rich.markup import escape
     from rich.table import Table
 
-    """Metrics as rows; the predictions' scores, and with coarse maps theirs and the gain."""
     with_coarse = "coarse" in summary
     mode = summary["mode"]
     title = f"{summary['images']} image{'s' if summary['images'] != 1 else ''}, {mode}"

@@ -16,7 +16,6 @@ from spnrefine.cli.common import (
     examples,
     fail,
     refine_settings,
-    stderr_console,
     tell,
 )
 from spnrefine.errors import SpnrefineError
@@ -62,7 +61,6 @@ def refine(
     """Refine one coarse map against its image and write the result."""
     from spnrefine.io.sources import check_readable
 
-    console = stderr_console(quiet)
     try:
         if json_out and out == "-":
             raise SpnrefineError("--json and -o - both write to stdout; use one of them")
@@ -95,6 +93,6 @@ def refine(
     except SpnrefineError as err:
         raise fail(err) from None
     report = refine_pair(refiner, pair, settings.pair_options(), overlay=overlay)
-    tell(report, console, json_out)
+    tell(report, None, json_out, quiet=quiet)
     if report.status == "failed":
         raise typer.Exit(code=2)
