@@ -24,6 +24,7 @@ from rich.progress import (
 
 from spnrefine.errors import SpnrefineError
 from spnrefine.io import write_atomic
+from spnrefine.io.images import header_size
 from spnrefine.io.names import COARSE_EXTENSIONS, COARSE_SUFFIXES, IMAGE_EXTENSIONS
 from spnrefine.io.sources import read_source
 from spnrefine.pair import Pair, PairOptions, PairReport, is_uri, refine_pair
@@ -196,7 +197,9 @@ def run_batch(
     `console` (stderr) unless it is None or quiet."""
     resume = Resume(refiner, options)
     if len(pairs) > 1 and hasattr(refiner, "expect_many"):
-        refiner.expect_many()  # kernels that pay for their loading over many images
+        # Kernels that pay for their loading over many images, unless the images are a few
+        # small ones (their sizes read from their headers, as far as the refiner needs).
+        refiner.expect_many(header_size(pair.image) for pair in pairs)
 
     def reports() -> Iterator[PairReport]:
         for pair, done in resume.plan(pairs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -36,7 +36,7 @@ from spnrefine.labels import (
     to_labels,
 )
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
-from spnrefine.tiling import TileStats, refine_bands, refine_tiled
+from spnrefine.tiling import TileStats, fit_tile, refine_bands, refine_tiled, tile_starts
 from spnrefine.upsample import (
     channels_in_rows,
     upsample_ignore,
@@ -372,11 +372,25 @@ class Predictor:
             "expect": getattr(self.model, "expect", None) if self.device == "cpu" else None,
         }
 
-    def expect_many(self) -> None:
+    def expect_many(self, sizes: Iterable[tuple[int, int] | None] | None = None) -> None:
         """Many images are coming (a batch): a model that picks its kernels by the work ahead
-        takes those that pay for their loading over many images."""
+        takes those that pay for their loading over many images, unless ``sizes``, the
+        images' (height, width) (None where unknown; read as far as the model needs), hold
+        few tiles between them."""
         if self.device == "cpu" and hasattr(self.model, "expect_many"):
-            self.model.expect_many()
+            if sizes is None:
+                self.model.expect_many()
+            else:
+                self.model.expect_many(self.tile_count(size) for size in sizes)
+
+    def tile_count(self, size: tuple[int, int] | None) -> int | None:
+        """The tiles an image of ``size`` (height, width) is cut into (None: unknown)."""
+        if size is None:
+            return None
+        h, w = size
+        tile = fit_tile(self.tile, h, w, max(8, self.model.tile_multiple))
+        rows = tile_starts(max(h, tile), tile, self.overlap)
+        return len(rows) * len(tile_starts(max(w, tile), tile, self.overlap))
 
     def to(self, device: Device) -> Predictor:
         """The same refiner (weights, method, settings) on another device: a worker that was

@@ -116,7 +116,7 @@ def test_run_batch_reports_every_pair_in_order_past_a_bad_one(bilinear, tmp_path
 
 
 def test_a_batch_of_several_pairs_tells_the_refiner_that_many_images_come(tmp_path: Path):
-    from spnrefine.model.lean import LeanRefiner
+    from spnrefine.model.lean import NUMPY_MAPS, LeanRefiner
 
     small_pair(tmp_path, "a")
     small_pair(tmp_path, "b")
@@ -126,8 +126,17 @@ def test_a_batch_of_several_pairs_tells_the_refiner_that_many_images_come(tmp_pa
     prepare_outputs(pairs, tmp_path / "refined", None)
     assert [r.status for r in run_batch(refiner, pairs[:1], PairOptions())] == ["ok"]
     assert refiner.model.maps_expected <= refiner.model.maps_done  # one image: its own maps
+    # two small images (a tile each): each announced as it comes, no more
     assert [r.status for r in run_batch(refiner, pairs, PairOptions())] == ["skipped", "ok"]
-    assert refiner.model.maps_expected > refiner.model.maps_done
+    assert refiner.model.maps_expected <= refiner.model.maps_done
+    # with an image of more tiles than the numpy kernels pay for (11 × 11), the refiner is
+    # told before the first image
+    small_pair(tmp_path, "c", 1200, 1200)
+    pairs = find_pairs(tmp_path)
+    prepare_outputs(pairs, tmp_path / "refined", None)
+    fresh = Refiner.load(device="cpu")
+    next(run_batch(fresh, pairs, PairOptions()))  # the first pair's report (a: done before)
+    assert fresh.model.maps_expected > NUMPY_MAPS
 
 
 def test_run_pairs_counts_and_writes_the_report_also_when_interrupted(bilinear, tmp_path: Path):

@@ -898,3 +898,15 @@ def test_upsampled_rows_are_rows_of_the_whole_upsampled_map(h, w, big_h, big_w):
             stop = min(big_h, start + 13)
             part = upsample_rows(coarse, channels, start, stop, (big_h, big_w))
             np.testing.assert_allclose(part, whole[channels, start:stop], atol=1e-6)
+
+
+def test_an_images_size_is_read_from_its_header_where_it_can_be(tmp_path: Path):
+    from spnrefine.io.images import header_size
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert header_size(str(tmp_path / "a.png")) == (30, 40)
+    assert header_size(str(tmp_path / "bad.jpg")) is None
+    assert header_size(str(tmp_path / "missing.png")) is None
+    assert header_size("https://example.com/a.png") is None
+    assert header_size("-") is None

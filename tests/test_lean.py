@@ -169,6 +169,26 @@ def test_refining_on_the_cpu_does_not_import_torch_nor_numba_for_one_photo(tmp_p
     assert done.stdout.strip() == "False False"
 
 
+def test_a_batch_of_two_small_photos_does_not_load_numba(tmp_path: Path):
+    # 25 + 24 tiles of 128: fewer than the numpy kernels pay for, where a batch of larger
+    # images would load numba for its first image
+    for name in ("astronaut.jpg", "astronaut_coarse.png", "coffee.jpg", "coffee_coarse.png"):
+        (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
+    code = (
+        "import sys\n"
+        "from spnrefine.cli import app\n"
+        "try:\n"
+        f"    app(['batch', {str(tmp_path)!r}, '--stretch', '-o', {str(tmp_path / 'out')!r}])\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "print('numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "out/astronaut.png").is_file() and (tmp_path / "out/coffee.png").is_file()
+
+
 def test_a_refiner_moves_from_the_numpy_kernels_to_numba_after_enough_maps(monkeypatch):
     from spnrefine.model import kernels, kernels_numpy, lean
 
@@ -219,6 +239,23 @@ def test_work_announced_ahead_goes_to_numba_from_the_first_call(monkeypatch):
     many.expect_many()  # a batch of several images
     many.tile_logits(tiles, probs)
     assert used[-1] is kernels
+    # a batch whose images hold few tiles between them stays on the numpy set, one whose
+    # images hold more (or whose sizes are not known) goes to numba; the counts are read only
+    # as far as needed
+    few = LeanRefiner(model.config, state)
+    few.expect_many([4, 4])
+    few.tile_logits(tiles, probs)
+    assert used[-1] is kernels_numpy
+
+    def counts(*values):
+        yield from values
+        raise AssertionError("read past the count that settles it")
+
+    for announced_tiles in (counts(lean.NUMPY_MAPS, 1), counts(4, None)):
+        large = LeanRefiner(model.config, state)
+        large.expect_many(announced_tiles)
+        large.tile_logits(tiles, probs)
+        assert used[-1] is kernels
     # the tiler announces an image's tile × class maps before its first model call
     announced = []
     rng = np.random.default_rng(0)

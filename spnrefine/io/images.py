@@ -70,6 +70,20 @@ def check_pixel_count(
         )
 
 
+def header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of an image file as its header gives it (no pixels decoded), or None
+    where that cannot be told: not a local file, or not one PIL opens."""
+    if path == "-" or "://" in path:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large image's bomb warning: refused later
+            with Image.open(path) as im:
+                return im.height, im.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def load_image(
     source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:

@@ -31,8 +31,9 @@ class TileModel(Protocol):
     - ``config``: its `ModelConfig` (``config.tile``: the tile size it was trained on).
 
     Optional, on a CPU: ``expect(maps)``, told an image's tile × class maps before its first
-    ``tile_logits`` call, and ``expect_many()``, told that a batch of images is coming (a
-    model that has several kernel sets picks one by the work ahead, as `LeanRefiner` does).
+    ``tile_logits`` call, and ``expect_many(tiles=None)``, told that a batch of images is coming
+    and, where known, each one's tile count (a model that has several kernel sets picks one by
+    the work ahead, as `LeanRefiner` does).
     """
 
     config: ModelConfig

@@ -5,7 +5,8 @@ propagation and tail through numba kernels (`kernels`) or their numpy twins (`ke
 Loading numba and its cached kernels takes about half a second; the numpy twins need nothing
 loaded but are slower per pixel. A refiner runs the numpy set while the class maps it has
 refined, and those it was told to expect (`expect`: the tiler announces an image's maps before
-it starts, a batch of several images announces more than the numpy set pays for), stay within
+it starts; `expect_many`: a batch of several images announces more than the numpy set pays for,
+unless their sizes say they are a few small ones), stay within
 ``NUMPY_MAPS`` (a one-shot refine of a photo-sized image), and numba beyond, unless told which.
 
 It computes what ``SPNRefiner`` computes in eval mode (the torch model stays the one definition,
@@ -16,6 +17,7 @@ same ``model.safetensors`` + ``config.json``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -311,8 +313,21 @@ class LeanRefiner:
         the kernels on auto, work the numpy set would not pay for goes to numba from the start."""
         self.maps_expected = max(self.maps_expected, self.maps_done) + maps
 
-    def expect_many(self) -> None:
-        """Announce more work than the numpy set pays for (a batch of several images)."""
+    def expect_many(self, tiles: Iterable[int | None] | None = None) -> None:
+        """Announce a batch of several images: more work than the numpy set pays for, unless
+        ``tiles``, each image's tile count (None where unknown; read only as far as needed),
+        sum to no more than it pays for (a few small images: the tiler then announces each as
+        it comes)."""
+        if tiles is not None:
+            total = 0
+            for count in tiles:
+                if count is None:
+                    break
+                total += count
+                if total > NUMPY_MAPS:
+                    break
+            else:
+                return
         self.expect(NUMPY_MAPS + 1)
 
     def kernel_set(self, maps: int):
