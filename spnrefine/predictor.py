@@ -36,7 +36,7 @@ from spnrefine.labels import (
     to_labels,
 )
 from spnrefine.settings import DEFAULT_OVERLAP, DEFAULT_TILE, check_settings
-from spnrefine.tiling import TileStats, fit_tile, refine_bands, refine_tiled, tile_starts
+from spnrefine.tiling import TileStats, refine_bands, refine_tiled, tile_grid
 from spnrefine.upsample import (
     channels_in_rows,
     upsample_ignore,
@@ -387,10 +387,8 @@ class Predictor:
         """The tiles an image of ``size`` (height, width) is cut into (None: unknown)."""
         if size is None:
             return None
-        h, w = size
-        tile = fit_tile(self.tile, h, w, max(8, self.model.tile_multiple))
-        rows = tile_starts(max(h, tile), tile, self.overlap)
-        return len(rows) * len(tile_starts(max(w, tile), tile, self.overlap))
+        _, rows, columns = tile_grid(*size, self.tile, self.overlap, self.model.tile_multiple)
+        return len(rows) * len(columns)
 
     def to(self, device: Device) -> Predictor:
         """The same refiner (weights, method, settings) on another device: a worker that was

@@ -55,6 +55,15 @@ def fit_tile(tile: int, h: int, w: int, multiple: int = 8) -> int:
     return min(tile, cover)
 
 
+def tile_grid(
+    h: int, w: int, tile: int, overlap: int, multiple: int = 8
+) -> tuple[int, list[int], list[int]]:
+    """How an h×w image is cut: the tile side (`fit_tile`), and the tiles' row and column
+    starts (an image smaller than a tile is padded up to one)."""
+    tile = fit_tile(tile, h, w, max(8, multiple))
+    return tile, tile_starts(max(h, tile), tile, overlap), tile_starts(max(w, tile), tile, overlap)
+
+
 def blend_window(tile: int, overlap: int) -> np.ndarray:
     """tile×tile weights ramping up over ``overlap`` pixels from each edge, so seams fade."""
     d = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float32)
@@ -79,12 +88,6 @@ def _pad_to(array: np.ndarray, height: int, width: int, mode: str | None = None)
     pad = [(0, 0)] * (array.ndim - 2) + [(0, ph), (0, pw)]
     mode = mode or _pad_mode(*array.shape[-2:], height, width)
     return np.pad(array, pad, mode=mode)
-
-
-def _tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
-    for y in tile_starts(h, tile, overlap):
-        for x in tile_starts(w, tile, overlap):
-            yield y, x
 
 
 def softmax_masked(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -185,7 +188,7 @@ def refine_bands(
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap}")
     h, w = image.shape[:2]
-    tile = fit_tile(tile, h, w, max(8, multiple))
+    tile, starts_y, starts_x = tile_grid(h, w, tile, overlap, multiple)
     stats = stats if stats is not None else TileStats()
     # Images smaller than a tile are padded up to one (and cropped back by the caller).
     ph, pw = max(h, tile), max(w, tile)
@@ -193,7 +196,6 @@ def refine_bands(
     image_chw = _pad_to(image.transpose(2, 0, 1), ph, pw, mode)  # a view unless padded
     window = blend_window(tile, overlap)
     every = np.arange(channels)
-    starts_y, starts_x = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
 
     def fetch(classes: np.ndarray, start: int, stop: int) -> np.ndarray:
         if ph > h:  # one row of tiles, the whole image

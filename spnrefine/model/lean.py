@@ -130,14 +130,17 @@ class _Graph:
         act: bool = True,
         out: str | None = None,
     ) -> _Tensor:
-        """Conv (+ activation) of ``x``; a named output (``out``) keeps its own width."""
+        """Conv (+ activation) of ``x``; ``out`` names a graph output: no activation, and its
+        own width."""
+        if out and act:
+            raise ValueError("a graph output has no activation")
         cout = weight.shape[0]
         width = cout if out else -(-cout // CHANNEL_BLOCK) * CHANNEL_BLOCK
         padded = np.zeros((width, x.width, *weight.shape[2:]), np.float32)
         padded[:cout, x.channels] = weight
         padded_bias = np.zeros(width, np.float32)
         padded_bias[:cout] = bias
-        name = out if out and not act else self._name("conv")
+        name = out or self._name("conv")
         self.inits += [onnx.tensor(f"{name}.w", padded), onnx.tensor(f"{name}.b", padded_bias)]
         pad = weight.shape[-1] // 2
         self.nodes.append(
@@ -155,7 +158,7 @@ class _Graph:
         if not act:
             return result
         # ReLU and ELU keep zero channels zero.
-        act_name = out or self._name("act")
+        act_name = self._name("act")
         if self.act == "elu":
             self.nodes.append(onnx.node("Elu", [name], [act_name], act_name, alpha=1.0))
         else:
@@ -269,6 +272,16 @@ def coarse_cues(probs: np.ndarray) -> np.ndarray:
     return np.stack([top1, top1 - top2], 1)
 
 
+def _at_most(counts: Iterable[int | None], limit: int) -> bool:
+    """Whether the known `counts` sum to at most `limit`, read only until the answer is
+    clear (an unknown count, None, is more)."""
+    total = 0
+    for count in counts:
+        if count is None or (total := total + count) > limit:
+            return False
+    return True
+
+
 class LeanRefiner:
     """``SPNRefiner`` for CPU inference without torch: ``logits(image, probs)`` on numpy arrays."""
 
@@ -318,17 +331,8 @@ class LeanRefiner:
         ``tiles``, each image's tile count (None where unknown; read only as far as needed),
         sum to no more than it pays for (a few small images: the tiler then announces each as
         it comes)."""
-        if tiles is not None:
-            total = 0
-            for count in tiles:
-                if count is None:
-                    break
-                total += count
-                if total > NUMPY_MAPS:
-                    break
-            else:
-                return
-        self.expect(NUMPY_MAPS + 1)
+        if tiles is None or not _at_most(tiles, NUMPY_MAPS):
+            self.expect(NUMPY_MAPS + 1)
 
     def kernel_set(self, maps: int):
         """The kernel module for a call that refines ``maps`` tile × class maps."""

@@ -69,14 +69,15 @@ def forward(x: np.ndarray, gates: np.ndarray, directions: tuple[str, ...], three
         along = [d for d, name in enumerate(directions) if SCAN[name][0] == columns]
         if not along:
             continue
+        # the lines of a reversed direction (rl, bt) are scanned from the last one
+        senses = [slice(None, None, -1) if SCAN[directions[d]][1] else slice(None) for d in along]
         rows = _transposed_planes(xv) if columns else xv  # B×R×G×T×K: lines are rows
         lines, k = rows.shape[-2:]
         # Lines first, the tiles of each direction side by side: T×R×(D'·B)×G×K and, for the
         # gates, T×3×(D'·B)×G×K.
         xs = np.empty((lines, per_group, len(along) * b, groups, k), x.dtype)
         gs = np.empty((lines, 3, len(along) * b, groups, k), gates.dtype)
-        for i, d in enumerate(along):
-            sense = slice(None, None, -1) if SCAN[directions[d]][1] else slice(None)
+        for i, (d, sense) in enumerate(zip(along, senses, strict=True)):
             part = slice(i * b, (i + 1) * b)
             xs[:, :, part] = rows.transpose(3, 1, 0, 2, 4)[sense]
             plane = _transposed_planes(gates[:, :, d]) if columns else gates[:, :, d]
@@ -86,8 +87,7 @@ def forward(x: np.ndarray, gates: np.ndarray, directions: tuple[str, ...], three
             gs[:, 2, ..., -1] = 0
         hs = _scan(xs.reshape(lines, per_group, -1), gs.reshape(lines, 3, -1), three_way)
         hs = hs.reshape(xs.shape)
-        for i, d in enumerate(along):
-            sense = slice(None, None, -1) if SCAN[directions[d]][1] else slice(None)
+        for i, (d, sense) in enumerate(zip(along, senses, strict=True)):
             part = hs[sense, :, i * b : (i + 1) * b].transpose(2, 1, 3, 0, 4)  # B×R×G×T×K
             target = out[:, d].reshape(b, per_group, groups, h, w)
             if columns:  # lines back to columns
