@@ -237,33 +237,39 @@ class Predictor:
         stats: TileStats,
         factor: float,
         sparse: bool,
-    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
-        """The coarse map refined a band of rows at a time (`refine_bands`), each band kept
-        to what the coarse map leaves open (`spnrefine.guard.trust`) unless `guard=False`:
-        per band its rows, its channels, and their coarse and refined probabilities
-        (k×rows×W)."""
+    ) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray]]:
+        """The coarse map refined a band of rows at a time (`refine_bands`; with `sparse`, a
+        cell of a band at a time), each kept to what the coarse map leaves open
+        (`spnrefine.guard.trust`) unless `guard=False`: per cell its rows, its columns, its
+        channels, and their coarse and refined probabilities (k×rows×columns). Without
+        `sparse` the cells are whole rows."""
         h, w = size = image_rgb.shape[:2]
         bands = refine_bands(
             self._tile_logits,
             image_rgb,
-            lambda classes, start, stop: upsample_rows(coarse, classes, start, stop, size),
+            lambda classes, start, stop, left, right: upsample_rows(
+                coarse, classes, start, stop, size, left, right
+            ),
             coarse.channels,
             candidates=lambda start, stop: channels_in_rows(coarse, start, stop, h),
             sparse=sparse,
             stats=stats,
             **self._tiling(),
         )
+        trust_at, weight = -1, None  # the guard's weight for a band's rows, whole rows
         for band in bands:
-            stop = min(band.stop, h)
-            base = band.coarse[:, : stop - band.start, :w]
-            out = band.refined[:, : stop - band.start, :w]
+            stop, right = min(band.stop, h), min(band.right, w)
+            base = band.coarse[:, : stop - band.start, : right - band.left]
+            out = band.refined[:, : stop - band.start, : right - band.left]
             if self.guard:
-                every = len(band.classes) == coarse.channels
-                weight = _trust_rows(
-                    coarse, size, band.start, stop, factor, base if every else None
-                )
-                keep_coarse(base, out, weight)
-            yield slice(band.start, stop), band.classes, base, out
+                if band.start != trust_at:
+                    whole = band.left == 0 and right == w and len(band.classes) == coarse.channels
+                    weight = _trust_rows(
+                        coarse, size, band.start, stop, factor, base if whole else None
+                    )
+                    trust_at = band.start
+                keep_coarse(base, out, weight[:, band.left : right])
+            yield slice(band.start, stop), slice(band.left, right), band.classes, base, out
 
     def _refine_binary(
         self,
@@ -289,7 +295,8 @@ class Predictor:
         fg = np.empty(size, np.float32) if keep else None
         coarse_fg = np.empty(size, np.float32) if keep and self.guard else None
         odd: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for rows, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
+        # Without sparse the cells are whole rows (the flat indices below count on it).
+        for rows, _, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
             labels[rows] = band = out[1] > out[0]
             if keep:
                 fg[rows] = out[1]
@@ -348,15 +355,16 @@ class Predictor:
         present = present_classes(coarse)
         probs = np.zeros((coarse.channels, h, w), np.float32) if keep else None
         labels = np.empty(size, label_lut(coarse).dtype)
-        for rows, classes, _, out in self._bands(image_rgb, coarse, stats, factor, not keep):
+        cells = self._bands(image_rgb, coarse, stats, factor, sparse=not keep)
+        for rows, columns, classes, _, out in cells:
             held = present[classes]
             if not held.any():  # only classes the coarse map never chose: void, or nearly
-                labels[rows] = coarse.labels[int(np.argmax(present))]
+                labels[rows, columns] = coarse.labels[int(np.argmax(present))]
                 continue
             restrict_classes(out, held)
-            labels[rows] = to_labels(out, coarse, None, classes)
+            labels[rows, columns] = to_labels(out, coarse, None, classes)
             if probs is not None:
-                probs[classes, rows] = out
+                probs[classes, rows, columns] = out
         if ignore is not None:
             labels[ignore] = VOID
         return probs, labels

@@ -100,9 +100,10 @@ def softmax_masked(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return logits
 
 
-Rows = Callable[[np.ndarray, int, int], np.ndarray]
-"""(channels, start, stop) → k×(stop−start)×W: rows of a C×H×W probability map at the image's
-size, for some of its channels (an array sliced, or a coarse map upsampled a band at a time)."""
+Rows = Callable[[np.ndarray, int, int, int, int], np.ndarray]
+"""(channels, start, stop, left, right) → k×(stop−start)×(right−left): rows start:stop and
+columns left:right of a C×H×W probability map at the image's size, for some of its channels
+(an array sliced, or a coarse map upsampled a window at a time)."""
 Candidates = Callable[[int, int], np.ndarray]
 """(start, stop) → the channels that may be above zero somewhere in those rows."""
 CHANNELS_PER_SCAN = 16  # channels brought to the image's size at a time to find the tiles' classes
@@ -111,29 +112,41 @@ PLAN_ROWS_BYTES = 64 * 2**20  # coarse rows kept from planning to refining, at m
 
 @dataclass
 class Band:
-    """Rows start:stop of the refined map, for the channels `classes`: `refined`, and the
-    coarse map's own probabilities of those channels, `coarse`, both k×(stop−start)×W. Rows
-    and columns may run past the image (a small image is padded up to one tile)."""
+    """A cell of the refined map, rows start:stop and columns left:right, for the channels
+    `classes`: `refined`, and the coarse map's own probabilities of those channels, `coarse`,
+    both k×(stop−start)×(right−left). Rows and columns may run past the image (a small image
+    is padded up to one tile)."""
 
     start: int
     stop: int
     classes: np.ndarray
     coarse: np.ndarray
     refined: np.ndarray
+    left: int = 0
+    right: int = 0
+
+
+@dataclass
+class _Refined:
+    """A tile sent through the model: its column, its classes, their coarse probabilities
+    (k×t×t, until the model has run), then what it gives the blend (its probabilities
+    weighted by the blend window)."""
+
+    x: int
+    classes: np.ndarray
+    coarse: np.ndarray | None
+    total: np.ndarray | None = None
 
 
 @dataclass
 class _TileRow:
-    """A row of tiles in flight: its channels, their coarse rows (until its band is out), the
-    blended sum of what its tiles gave in its rows from `held` on, and how many of its tiles
+    """A row of tiles in flight: its coarse rows (every channel, whole rows; only without
+    `sparse`, until its band is out), its tiles sent through the model, and how many of them
     wait in a batch."""
 
     start: int
-    classes: np.ndarray
     coarse: np.ndarray | None
-    total: np.ndarray
-    weight: np.ndarray
-    held: int
+    refined: dict[int, _Refined]  # by column of tiles
     waiting: int = 0
 
 
@@ -150,6 +163,46 @@ def _sorted_set(channels: np.ndarray) -> np.ndarray:
     """np.unique of a few channel numbers (a count, not a sort: np.unique's first call loads
     numpy.ma, 20 ms of a one-shot refine)."""
     return np.flatnonzero(np.bincount(channels)) if len(channels) else channels
+
+
+def _overlap(start: int, stop: int, at: int, tile: int) -> tuple[slice, slice] | None:
+    """Where the tile at `at` meets start:stop: the span in start:stop's coordinates and in
+    the tile's, or None."""
+    lo, hi = max(start, at), min(stop, at + tile)
+    if lo >= hi:
+        return None
+    return slice(lo - start, hi - start), slice(lo - at, hi - at)
+
+
+def _plan_row(
+    fetch: Callable[[np.ndarray, int, int], np.ndarray],
+    found: np.ndarray,
+    y: int,
+    starts_x: list[int],
+    tile: int,
+    confident: float,
+) -> tuple[list[np.ndarray | None], list[np.ndarray], np.ndarray]:
+    """The row of tiles at `y`, from the coarse map's rows y:y+tile (`fetch`) of the channels
+    `found`: per tile, the classes to refine, or None where the coarse map is sure of it all
+    (fewer than two classes above 1 − confident, or one at `confident` or more everywhere);
+    per tile, the channels a sparse cell keeps (those above 1 − confident somewhere, or, when
+    many are unsure, above 1/their number, which holds each pixel's arg-max); and the rows
+    last fetched (all of `found`'s when they are few)."""
+    peak = np.zeros((len(starts_x), len(found)), np.float32)
+    floor = np.zeros((len(starts_x), len(found)), np.float32)
+    for first in range(0, len(found), CHANNELS_PER_SCAN):
+        part = fetch(found[first : first + CHANNELS_PER_SCAN], y, y + tile)
+        for i, x in enumerate(starts_x):
+            window_part = part[:, :, x : x + tile]
+            peak[i, first : first + len(part)] = window_part.max(axis=(1, 2))
+            floor[i, first : first + len(part)] = window_part.min(axis=(1, 2))
+    plan, keep = [], []
+    for i in range(len(starts_x)):
+        present = found[peak[i] > 1 - confident]
+        sure = len(present) < 2 or floor[i].max() >= confident
+        plan.append(None if sure else present)
+        keep.append(found[peak[i] >= min(1 - confident, 1 / len(found))])
+    return plan, keep, part
 
 
 def refine_bands(
@@ -171,11 +224,13 @@ def refine_bands(
     """Refine a C×H×W probability map, given by `rows`, against an H×W×3 uint8 RGB image, a
     band of rows at a time, top to bottom; the bands cover the image once.
 
-    Memory holds a few rows of tiles, not the map: with `sparse`, a band keeps only the
-    channels its tiles need (those above ``1 - confident`` somewhere in a tile, or, in a tile
-    of many unsure classes, above 1/their number, which holds each pixel's arg-max); the
-    others are below that everywhere in the band and are left out (zero). Without, every band
-    has all C channels. ``candidates`` narrows the channels looked at in some rows (a label
+    Memory holds a few rows of tiles, not the map. Without `sparse` a band is whole rows of
+    every channel. With `sparse` a band is cut into cells, one per column of tiles, left to
+    right, and a cell keeps only the channels of the tiles over it (those above
+    ``1 - confident`` somewhere in a tile, or, in a tile of many unsure classes, above 1/their
+    number, which holds each pixel's arg-max); the others are below that everywhere in the
+    cell and are left out (zero). So memory grows with the classes a tile meets, not with
+    those of a whole row. ``candidates`` narrows the channels looked at in some rows (a label
     map's rows hold few classes).
 
     ``model(tiles, probs)`` gives the logits of a batch of tiles (see the module docstring);
@@ -196,41 +251,42 @@ def refine_bands(
     image_chw = _pad_to(image.transpose(2, 0, 1), ph, pw, mode)  # a view unless padded
     window = blend_window(tile, overlap)
     every = np.arange(channels)
+    # A band's cells: whole rows, or with sparse one per column of tiles; per cell, the
+    # columns of tiles over it and where.
+    edges = list(zip(starts_x, [*starts_x[1:], pw], strict=True)) if sparse else [(0, pw)]
+    cells = [
+        (
+            left,
+            right,
+            [(j, at) for j, x in enumerate(starts_x) if (at := _overlap(left, right, x, tile))],
+        )
+        for left, right in edges
+    ]
 
-    def fetch(classes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def fetch(classes: np.ndarray, start: int, stop: int, left: int = 0, right: int = pw):
         if ph > h:  # one row of tiles, the whole image
-            return _pad_to(rows(classes, 0, h), ph, pw, mode)[:, start:stop]
-        return _pad_to(rows(classes, start, stop), stop - start, pw, mode)
+            return _pad_to(rows(classes, 0, h, 0, w), ph, pw, mode)[:, start:stop, left:right]
+        if pw > w:  # one column of tiles, whole rows
+            return _pad_to(rows(classes, start, stop, 0, w), stop - start, pw, mode)[
+                :, :, left:right
+            ]
+        return rows(classes, start, stop, left, right)
 
     # Plan: each tile's classes, and whether the coarse map is sure of it all.
     plans: list[list[np.ndarray | None]] = []  # per tile: the classes to refine, or None
-    keeps: list[np.ndarray] = []  # per row of tiles: the channels its band keeps
+    keeps: list[list[np.ndarray]] = []  # per tile: the channels its cells keep
     kept_rows: dict[int, np.ndarray] = {}
     kept_bytes = 0
     for y in starts_y:
         found = candidates(y, min(y + tile, h)) if candidates is not None else every
-        peak = np.zeros((len(starts_x), len(found)), np.float32)
-        floor = np.zeros((len(starts_x), len(found)), np.float32)
-        for first in range(0, len(found), CHANNELS_PER_SCAN):
-            part = fetch(found[first : first + CHANNELS_PER_SCAN], y, y + tile)
-            for i, x in enumerate(starts_x):
-                window_part = part[:, :, x : x + tile]
-                peak[i, first : first + len(part)] = window_part.max(axis=(1, 2))
-                floor[i, first : first + len(part)] = window_part.min(axis=(1, 2))
-        plan, keep = [], [] if sparse else [every]
-        for i in range(len(starts_x)):
-            stats.total += 1
-            present = found[peak[i] > 1 - confident]
-            sure = len(present) < 2 or floor[i].max() >= confident
-            plan.append(None if sure else present)
-            if sparse:
-                keep.append(found[peak[i] >= min(1 - confident, 1 / len(found))])
+        plan, keep, part = _plan_row(fetch, found, y, starts_x, tile, confident)
+        stats.total += len(plan)
         plans.append(plan)
-        keeps.append(_sorted_set(np.concatenate(keep)))
+        keeps.append(keep if sparse else [every] * len(plan))
         # Without sparse (a binary map, or every class asked for), the plan's rows are the
-        # row's coarse rows when they hold its channels: kept while they fit, they need not
+        # row's coarse rows when they hold every channel: kept while they fit, they need not
         # be made again (a binary map: all its rows, at 1920×1080).
-        if not sparse and len(found) <= CHANNELS_PER_SCAN and np.array_equal(found, keeps[-1]):
+        if not sparse and np.array_equal(found, every) and len(found) <= CHANNELS_PER_SCAN:
             if kept_bytes + part.nbytes <= PLAN_ROWS_BYTES:
                 kept_rows[len(plans) - 1] = part
                 kept_bytes += part.nbytes
@@ -240,86 +296,99 @@ def refine_bands(
             expect(maps)
 
     open_rows: dict[int, _TileRow] = {}
-    pending: list[tuple[_TileRow, int, np.ndarray]] = []
+    pending: list[tuple[_TileRow, _Refined]] = []
     done = 0  # bands yielded
 
     def flush() -> None:
         if not pending:
             return
-        k = max(len(classes) for _, _, classes in pending)
+        k = max(len(t.classes) for _, t in pending)
         img = np.stack(
-            [image_chw[:, r.start : r.start + tile, x : x + tile] for r, x, _ in pending]
+            [image_chw[:, r.start : r.start + tile, t.x : t.x + tile] for r, t in pending]
         )
         sub = np.zeros((len(pending), k, tile, tile), np.float32)
         mask = np.zeros((len(pending), k), bool)
-        for i, (r, x, classes) in enumerate(pending):
-            sub[i, : len(classes)] = r.coarse[np.searchsorted(r.classes, classes), :, x : x + tile]
-            mask[i, : len(classes)] = True
+        for i, (_, t) in enumerate(pending):
+            sub[i, : len(t.classes)] = t.coarse
+            mask[i, : len(t.classes)] = True
         refined = softmax_masked(model(img, sub), mask)
-        for i, (r, x, classes) in enumerate(pending):
-            r.total[np.searchsorted(r.classes, classes), :, x : x + tile] += (
-                refined[i, : len(classes)] * window
-            )
-            r.weight[:, x : x + tile] += window
+        for i, (r, t) in enumerate(pending):
+            t.total, t.coarse = refined[i, : len(t.classes)] * window, None
             r.waiting -= 1
         stats.refined += len(pending)
         pending.clear()
 
+    def cell(index: int, start: int, stop: int, left: int, right: int, columns: list) -> Band:
+        """The blend of the tiles over rows start:stop, columns left:right (`columns`: the
+        columns of tiles over them, and where): the tiles the coarse map was sure of give its
+        probabilities, the others the model's."""
+        over = [
+            (i, j, at_y, at_x)
+            for i, r in open_rows.items()
+            if (at_y := _overlap(start, stop, r.start, tile))
+            for j, at_x in columns
+        ]
+        classes = every
+        if sparse:
+            classes = _sorted_set(np.concatenate([keeps[i][j] for i, j, _, _ in over]))
+        own = open_rows[index].coarse
+        if own is not None:
+            coarse = own[:, : stop - start, left:right]
+        else:
+            coarse = fetch(classes, start, stop, left, right)
+        # The summed windows of the tiles the coarse map was sure of, and of the others.
+        windows = np.zeros((2, stop - start, right - left), np.float32)
+        for i, j, (cy, ty), (cx, tx) in over:
+            windows[int(j in open_rows[i].refined), cy, cx] += window[ty, tx]
+        total = coarse * windows[0]
+        for i, j, (cy, ty), (cx, tx) in over:
+            if (refined := open_rows[i].refined.get(j)) is not None:
+                into = np.searchsorted(classes, refined.classes)
+                _add_channels(total[:, cy, cx], into, refined.total[:, ty, tx])
+        total /= windows[0] + windows[1]
+        return Band(start, stop, classes, coarse, total, left, right)
+
     def finished() -> Iterator[Band]:
-        """The bands whose rows of tiles have all been refined, in order."""
+        """The bands whose rows of tiles have all been refined, in order, cell by cell."""
         nonlocal done
         while done in open_rows:
             start = starts_y[done]
             stop = starts_y[done + 1] if done + 1 < len(starts_y) else ph
             # Rows of tiles further down start below these rows.
-            covering = [r for r in open_rows.values() if r.start < stop and r.start + tile > start]
-            if any(r.waiting for r in covering):
+            if any(r.waiting for r in open_rows.values() if r.start < stop):
                 return
-            classes = _sorted_set(np.concatenate([r.classes for r in covering]))
-            own = open_rows[done]
-            if len(classes) == len(own.classes):
-                coarse = own.coarse[:, : stop - start]
-            else:
-                coarse = fetch(classes, start, stop)
-            total = np.zeros((len(classes), stop - start, pw), np.float32)
-            weight = np.zeros((stop - start, pw), np.float32)
-            for r in covering:
-                lo, hi = start - r.held if r.held < start else 0, min(stop, r.start + tile) - r.held
-                at = slice(r.held + lo - start, r.held + hi - start)
-                _add_channels(total[:, at], np.searchsorted(classes, r.classes), r.total[:, lo:hi])
-                weight[at] += r.weight[lo:hi]
-            total /= np.maximum(weight, 1e-8)
+            for left, right, columns in cells:
+                yield cell(done, start, stop, left, right, columns)
             done += 1
-            yield Band(start, stop, classes, coarse, total)
             for index, r in list(open_rows.items()):
                 if r.start + tile <= stop:
                     del open_rows[index]
-                elif index < done:  # its tiles are all in: keep only the rows still open
+                elif index < done:  # its band is out
                     r.coarse = None
-                    r.total = r.total[:, stop - r.held :].copy()
-                    r.weight = r.weight[stop - r.held :].copy()
-                    r.held = stop
 
     for row_index, y in enumerate(starts_y):
-        classes = keeps[row_index]
-        coarse = kept_rows.pop(row_index, None)
-        if coarse is None:
-            coarse = fetch(classes, y, y + tile)
-        row = _TileRow(
-            y, classes, coarse, np.zeros_like(coarse), np.zeros((tile, pw), np.float32), held=y
-        )
+        coarse = None
+        if not sparse:
+            coarse = kept_rows.pop(row_index, None)
+            if coarse is None:
+                coarse = fetch(every, y, y + tile)
+        row = _TileRow(y, coarse, {})
         open_rows[row_index] = row
-        for x, present in zip(starts_x, plans[row_index], strict=True):
+        for j, (x, present) in enumerate(zip(starts_x, plans[row_index], strict=True)):
             if present is None:
-                row.total[:, :, x : x + tile] += coarse[:, :, x : x + tile] * window
-                row.weight[:, x : x + tile] += window
                 continue
             # A batch holds every tile's maps at its widest tile's class count: bound the
             # class maps it holds, so that memory stays bounded whatever the class count.
-            widest = max([len(present), *(len(c) for _, _, c in pending)])
+            widest = max([len(present), *(len(t.classes) for _, t in pending)])
             if pending and (len(pending) + 1) * widest > CLASS_TILES_PER_CALL:
                 flush()
-            pending.append((row, x, present))
+            if coarse is not None:
+                tile_coarse = coarse[present, :, x : x + tile]
+            else:
+                tile_coarse = fetch(present, y, y + tile, x, x + tile)
+            refined = _Refined(x, present, tile_coarse)
+            row.refined[j] = refined
+            pending.append((row, refined))
             row.waiting += 1
             if len(pending) == batch_size:
                 flush()
@@ -348,7 +417,7 @@ def refine_tiled(
     bands = refine_bands(
         model,
         image,
-        lambda classes, start, stop: probs[classes, start:stop],
+        lambda classes, start, stop, left, right: probs[classes, start:stop, left:right],
         c,
         tile=tile,
         overlap=overlap,
@@ -359,6 +428,8 @@ def refine_tiled(
         expect=expect,
     )
     for band in bands:
-        stop = min(band.stop, h)
-        out[:, band.start : stop] = band.refined[:, : stop - band.start, :w]
+        stop, right = min(band.stop, h), min(band.right, w)
+        out[:, band.start : stop, band.left : right] = band.refined[
+            :, : stop - band.start, : right - band.left
+        ]
     return out

@@ -85,6 +85,45 @@ def upsample_probs(probs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     probs = probs.astype(np.float32, copy=False)
     if (h, w) == (out_h, out_w):
         return probs.copy()
+    return _resize(probs, out_h, out_w)
+
+
+def upsample_rows(
+    coarse: CoarseMap,
+    channels: np.ndarray,
+    start: int,
+    stop: int,
+    size_hw: tuple[int, int],
+    left: int = 0,
+    right: int | None = None,
+) -> np.ndarray:
+    """Rows start:stop, and columns left:right (by default all), of
+    `upsample_probs(coarse.probs, size_hw)` for `channels` alone, k×(stop−start)×(right−left),
+    made from the few coarse rows (and columns) they need (equal to within float rounding): a
+    map of many classes is brought to the image's size a band, or a tile, at a time."""
+    (h, w), (out_h, out_w) = coarse.hw, size_hw
+    right = out_w if right is None else right
+    top, bottom, weight = _taps(h, out_h, start, stop)
+    lo, hi = int(top.min()), int(bottom.max()) + 1
+    if (left, right) == (0, out_w):
+        small = coarse.channel_rows(channels, lo, hi)
+        if w != out_w:
+            small = _resize(small, hi - lo, out_w)
+    elif w == out_w:
+        small = coarse.channel_rows(channels, lo, hi, left, right)
+    else:  # a window: its columns as a product too, from the coarse columns they need
+        first, last, across = _taps(w, out_w, left, right)
+        west, east = int(first.min()), int(last.max()) + 1
+        small = coarse.channel_rows(channels, lo, hi, west, east)
+        small = np.matmul(small, _mix(first - west, last - west, across, east - west).T)
+    # The vertical pass as one product with a matrix of two weights a row (the others are
+    # zeros, which change nothing): one pass over the band instead of five.
+    return np.matmul(_mix(top - lo, bottom - lo, weight, hi - lo), small)
+
+
+def _resize(probs: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """C×h×w → C×out_h×out_w with cv2.resize, bilinear, a chunk of channels at a time."""
+    c = len(probs)
     out = np.empty((c, out_h, out_w), dtype=np.float32)
     for start in range(0, c, _CV_MAX_CHANNELS):
         chunk = np.ascontiguousarray(np.moveaxis(probs[start : start + _CV_MAX_CHANNELS], 0, -1))
@@ -96,34 +135,14 @@ def upsample_probs(probs: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def upsample_rows(
-    coarse: CoarseMap, channels: np.ndarray, start: int, stop: int, size_hw: tuple[int, int]
-) -> np.ndarray:
-    """Rows start:stop of `upsample_probs(coarse.probs, size_hw)` for `channels` alone,
-    k×(stop−start)×W, made from the few coarse rows they need (equal to within float
-    rounding): a map of many classes is brought to the image's size a band at a time."""
-    (h, w), (out_h, out_w) = coarse.hw, size_hw
-    top, bottom, weight = _taps(h, out_h, start, stop)
-    lo, hi = int(top.min()), int(bottom.max()) + 1
-    small = coarse.channel_rows(channels, lo, hi)
-    if w != out_w:
-        wide = np.empty((len(channels), hi - lo, out_w), np.float32)
-        for first in range(0, len(channels), _CV_MAX_CHANNELS):
-            chunk = np.ascontiguousarray(
-                np.moveaxis(small[first : first + _CV_MAX_CHANNELS], 0, -1)
-            )
-            resized = cv2.resize(chunk, (out_w, hi - lo), interpolation=cv2.INTER_LINEAR)
-            wide[first : first + chunk.shape[-1]] = np.moveaxis(
-                resized.reshape(hi - lo, out_w, chunk.shape[-1]), -1, 0
-            )
-        small = wide
-    # The vertical pass as one product with a matrix of two weights a row (the others are
-    # zeros, which change nothing): one pass over the band instead of five.
-    mix = np.zeros((stop - start, hi - lo), np.float32)
-    at = np.arange(stop - start)
-    mix[at, top - lo] = 1.0 - weight
-    mix[at, bottom - lo] += weight
-    return np.matmul(mix, small)
+def _mix(near: np.ndarray, far: np.ndarray, weight: np.ndarray, size: int) -> np.ndarray:
+    """The len(near)×size matrix that mixes source entries `near` and `far` by 1 − weight
+    and weight (one row per output entry)."""
+    mix = np.zeros((len(near), size), np.float32)
+    at = np.arange(len(near))
+    mix[at, near] = 1.0 - weight
+    mix[at, far] += weight
+    return mix
 
 
 def channels_in_rows(coarse: CoarseMap, start: int, stop: int, out_h: int) -> np.ndarray:

@@ -886,7 +886,7 @@ def test_a_label_map_keeps_its_ids_and_gives_one_hot_probabilities_when_asked():
 @pytest.mark.parametrize(
     ("h", "w", "big_h", "big_w"), [(12, 16, 96, 128), (7, 9, 50, 61), (8, 8, 8, 8)]
 )
-def test_upsampled_rows_are_rows_of_the_whole_upsampled_map(h, w, big_h, big_w):
+def test_upsampled_windows_are_windows_of_the_whole_upsampled_map(h, w, big_h, big_w):
     ids = np.random.default_rng(4).integers(0, 5, (h, w)).astype(np.uint8)
     soft = np.random.default_rng(5).dirichlet(np.ones(4), (h, w)).transpose(2, 0, 1)
     labels = load_coarse(png_bytes(ids), coarse_type="labels")
@@ -898,6 +898,11 @@ def test_upsampled_rows_are_rows_of_the_whole_upsampled_map(h, w, big_h, big_w):
             stop = min(big_h, start + 13)
             part = upsample_rows(coarse, channels, start, stop, (big_h, big_w))
             np.testing.assert_allclose(part, whole[channels, start:stop], atol=1e-6)
+            for left in range(0, big_w, 17):  # and a window of those rows
+                right = min(big_w, left + 17 + start % 3)
+                part = upsample_rows(coarse, channels, start, stop, (big_h, big_w), left, right)
+                expected = whole[channels, start:stop, left:right]
+                np.testing.assert_allclose(part, expected, atol=1e-6)
 
 
 def test_an_images_size_is_read_from_its_header_where_it_can_be(tmp_path: Path):

@@ -122,66 +122,80 @@ def stripes(h: int, w: int, classes: int) -> np.ndarray:
     return probs / probs.sum(0, keepdims=True)
 
 
+def window_of(probs: np.ndarray):
+    """`refine_bands`' rows: a window of an array."""
+    return lambda classes, start, stop, left, right: probs[classes, start:stop, left:right]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize(
     ("h", "w", "tile", "overlap", "batch"),
     [(300, 200, 64, 16, 3), (40, 30, 128, 16, 16), (250, 70, 48, 40, 2), (1000, 12, 128, 16, 16)],
 )
-def test_bands_cover_every_row_once_in_order(h, w, tile, overlap, batch):
+def test_cells_cover_every_pixel_once_in_order(h, w, tile, overlap, batch, sparse):
     from spnrefine.tiling import refine_bands
 
     probs = stripes(h, w, 6)
-    bands = list(
+    cells = list(
         refine_bands(
             EchoModel(),
             image(h, w),
-            lambda classes, start, stop: probs[classes, start:stop],
+            window_of(probs),
             6,
-            sparse=True,
+            sparse=sparse,
             tile=tile,
             overlap=overlap,
             batch_size=batch,
         )
     )
-    assert bands[0].start == 0 and bands[-1].stop >= h
-    assert all(a.stop == b.start for a, b in zip(bands, bands[1:], strict=False))
-    for band in bands:
-        rows = band.stop - band.start
-        assert band.refined.shape == band.coarse.shape
-        assert band.refined.shape[:2] == (len(band.classes), rows) and band.refined.shape[2] >= w
+    covered = np.zeros((max(h, tile), max(w, tile)), int)
+    for cell in cells:
+        covered[cell.start : cell.stop, cell.left : cell.right] += 1
+        shape = (len(cell.classes), cell.stop - cell.start, cell.right - cell.left)
+        assert cell.refined.shape == cell.coarse.shape == shape
+    assert (covered[:h, :w] == 1).all()
+    # Band by band, top to bottom; within a band, left to right (whole rows without sparse).
+    order = [(c.start, c.left) for c in cells]
+    assert order == sorted(order)
+    if not sparse:
+        assert all(c.left == 0 and c.right >= w for c in cells)
 
 
-def test_sparse_bands_keep_only_the_classes_of_their_rows_and_the_same_values():
+def test_sparse_cells_keep_only_the_classes_of_their_tiles_and_the_same_values():
     from spnrefine.tiling import refine_bands
 
-    h, w = 600, 150
+    h, w = 600, 500
+    # Stripes of 12 classes across the rows, and 4 classes across the columns in each.
     probs = stripes(h, w, 12)
+    columns = stripes(w, h, 4).transpose(0, 2, 1)
+    probs = (probs[:, None] * columns[None]).reshape(48, h, w)
 
     def run(sparse: bool) -> list:
         return list(
             refine_bands(
-                EchoModel(),
-                image(h, w),
-                lambda classes, start, stop: probs[classes, start:stop],
-                12,
-                sparse=sparse,
-                tile=64,
-                overlap=16,
+                EchoModel(), image(h, w), window_of(probs), 48, sparse=sparse, tile=64, overlap=16
             )
         )
 
-    full = run(False)
-    sparse = run(True)
-    assert [b.start for b in full] == [b.start for b in sparse]
-    for whole, part in zip(full, sparse, strict=True):
-        assert len(whole.classes) == 12
-        # A band's rows of tiles (at most 112 rows) meet at most 4 of the 12 50-row stripes.
-        assert 1 <= len(part.classes) <= 4
-        here = probs[:, part.start : part.stop]
+    full = {c.start: c for c in run(False)}
+    cells = run(True)
+    assert {c.start for c in cells} == set(full)
+    assert max(len(c.classes) for c in cells) <= 8  # the tiles over a cell meet few classes
+    for part in cells:
+        whole = full[part.start]
+        columns = slice(part.left, part.right)
+        here = probs[:, part.start : part.stop, columns]
         assert set(np.flatnonzero(here.max(axis=(1, 2)) > 0.02)) <= set(part.classes)
-        np.testing.assert_allclose(part.refined, whole.refined[part.classes], atol=1e-6)
-        np.testing.assert_array_equal(part.coarse, whole.coarse[part.classes])
-        left = np.setdiff1d(np.arange(12), part.classes)
-        assert (whole.refined[left] < 0.02).all()  # what sparse leaves out is below the bar
+        np.testing.assert_allclose(
+            part.refined, whole.refined[part.classes][:, :, columns], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            part.coarse, whole.coarse[part.classes][:, :, columns], atol=1e-6
+        )
+        left = np.setdiff1d(np.arange(48), part.classes)
+        assert (
+            whole.refined[left][:, :, columns] < 0.02
+        ).all()  # what sparse leaves out is below the bar
 
 
 def test_refine_tiled_is_the_bands_put_together():
@@ -192,9 +206,7 @@ def test_refine_tiled_is_the_bands_put_together():
     probs[:, :60] = np.array([0.99, 0.005, 0.005], np.float32)[:, None, None]  # sure rows
     whole = refine_tiled(EchoModel(), image(h, w), probs, tile=64, overlap=16)
     out = np.zeros_like(whole)
-    for band in refine_bands(
-        EchoModel(), image(h, w), lambda c, a, b: probs[c, a:b], 3, tile=64, overlap=16
-    ):
+    for band in refine_bands(EchoModel(), image(h, w), window_of(probs), 3, tile=64, overlap=16):
         out[:, band.start : band.stop] = band.refined[:, :, :w]
     np.testing.assert_array_equal(out, whole)
     np.testing.assert_allclose(whole, probs, atol=1e-5)  # the echo gives the map back

@@ -124,16 +124,20 @@ class CoarseMap:
         shape = self._probs.shape[1:] if self.index is None else self.index.shape
         return int(shape[0]), int(shape[1])
 
-    def channel_rows(self, channels: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """float32 k×(stop−start)×w: the probabilities of `channels` in rows start:stop."""
+    def channel_rows(
+        self, channels: np.ndarray, start: int, stop: int, left: int = 0, right: int | None = None
+    ) -> np.ndarray:
+        """float32 k×(stop−start)×(right−left): the probabilities of `channels` in rows
+        start:stop (and columns left:right; by default all)."""
+        columns = slice(left, right)
         if self.index is None:
-            return self._probs[channels, start:stop]
-        rows = self.index[start:stop]
+            return self._probs[channels, start:stop, columns]
+        rows = self.index[start:stop, columns]
         out = np.empty((len(channels), *rows.shape), np.float32)
         for i, channel in enumerate(channels):
             np.equal(rows, channel, out=out[i], casting="unsafe")
         if self.ignore is not None:
-            out[:, self.ignore[start:stop]] = 1.0 / self.channels
+            out[:, self.ignore[start:stop, columns]] = 1.0 / self.channels
         return out
 
     def channels_in_rows(self, start: int, stop: int) -> np.ndarray:
