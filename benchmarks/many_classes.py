@@ -7,9 +7,12 @@ Each row refines one real DAVIS frame (upscaled bicubically to the size) against
 at 1/8 of it with the given number of classes (2: the frame's own ground-truth mask, area-
 shrunk; more: the regions nearest that many random points, a map where every class meets
 others along long boundaries), and prints the wall time and the peak resident memory of the
-process, and the classes a band of 128 rows meets at most. `--spnrefine` runs another install
-or checkout (e.g. `"python -c 'from spnrefine.cli import app; app()'"` with PYTHONPATH set) for
-a before/after comparison in the same run.
+process, and the classes a band of 128 rows meets at most and those the tiles over a cell
+meet (240×240 pixels: a cell is a tile column's stride wide, between two columns of tiles
+that reach past it). `--spnrefine` runs another install or checkout (e.g. `"python -c 'from
+spnrefine.cli import app; app()'"` with PYTHONPATH set, run from outside the checkout under
+test: `python -c` puts the working folder first on the path) for a before/after comparison in
+the same run.
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ def main() -> None:
     spn = shlex.split(args.spnrefine) if args.spnrefine else spnrefine_command()
     frame = pick_frames(args.davis)[0]
     print(f"frame {frame}; coarse label maps at 1/{FACTOR}; command: {' '.join(spn)}")
-    print(f"{'size':>10} {'classes':>7} {'per band':>8} {'seconds':>8} {'peak RSS':>9}  result")
+    print(
+        f"{'size':>10} {'classes':>7} {'per band':>8} {'per cell':>8} {'seconds':>8} "
+        f"{'peak RSS':>9}  result"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.rows.split(","):
             size, classes = item.split(":")
@@ -74,8 +80,14 @@ def main() -> None:
                 ids = regions(*small, classes)
             coarse = Path(tmp) / f"{w}-{classes}.png"
             cv2.imwrite(str(coarse), ids)
-            band = max(
-                len(np.unique(ids[y : y + 128 // FACTOR + 2])) for y in range(0, small[0], 14)
+            # Coarse rows (columns) of a row of tiles and of the tiles over a cell, with the
+            # bilinear taps.
+            reach, around = 128 // FACTOR + 2, 240 // FACTOR + 2
+            band = max(len(np.unique(ids[y : y + reach])) for y in range(0, small[0], 14))
+            cell = max(
+                len(np.unique(ids[y : y + around, x : x + around]))
+                for y in range(0, small[0], 14)
+                for x in range(0, small[1], 14)
             )
             out = Path(tmp) / "out.png"
             cmd = [*spn, "refine", str(image_path), str(coarse), "-o", str(out), "--overwrite"]
@@ -89,7 +101,7 @@ def main() -> None:
             code = os.waitstatus_to_exitcode(status)
             result = "ok" if code == 0 else f"exit {code}: {err[-1] if err else ''}"
             print(
-                f"{size:>10} {classes:>7} {band:>8} {seconds:8.2f} "
+                f"{size:>10} {classes:>7} {band:>8} {cell:>8} {seconds:8.2f} "
                 f"{usage.ru_maxrss / 1024:7.0f} MB  {result[:110]}"
             )
 
