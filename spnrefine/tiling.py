@@ -191,11 +191,11 @@ def _plan_row(
     peak = np.zeros((len(starts_x), len(found)), np.float32)
     floor = np.zeros((len(starts_x), len(found)), np.float32)
     for first in range(0, len(found), CHANNELS_PER_SCAN):
+        part = None  # the last channels' rows go before the next are made
         part = fetch(found[first : first + CHANNELS_PER_SCAN], y, y + tile)
-        for i, x in enumerate(starts_x):
-            window_part = part[:, :, x : x + tile]
-            peak[i, first : first + len(part)] = window_part.max(axis=(1, 2))
-            floor[i, first : first + len(part)] = window_part.min(axis=(1, 2))
+        for i, x in enumerate(starts_x):  # (no view of `part` outlives the loop)
+            peak[i, first : first + len(part)] = part[:, :, x : x + tile].max(axis=(1, 2))
+            floor[i, first : first + len(part)] = part[:, :, x : x + tile].min(axis=(1, 2))
     plan, keep = [], []
     for i in range(len(starts_x)):
         present = found[peak[i] > 1 - confident]
@@ -290,6 +290,7 @@ def refine_bands(
             if kept_bytes + part.nbytes <= PLAN_ROWS_BYTES:
                 kept_rows[len(plans) - 1] = part
                 kept_bytes += part.nbytes
+        del part  # else not held past planning (16 channels' rows: 34 MB at 4096 wide)
     if expect is not None:
         maps = sum(len(p) for plan in plans for p in plan if p is not None)
         if maps:

@@ -153,7 +153,7 @@ def channels_in_rows(coarse: CoarseMap, start: int, stop: int, out_h: int) -> np
 
 
 def upsampled_peak(
-    coarse: CoarseMap, size_hw: tuple[int, int], start: int, stop: int, channels: int = 16
+    coarse: CoarseMap, size_hw: tuple[int, int], start: int, stop: int, channels: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows start:stop of the upsampled map's largest probability and its channel (the first
     on ties), made `channels` channels at a time."""

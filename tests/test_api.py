@@ -435,6 +435,25 @@ def test_many_classes_refine_in_bands_without_holding_them_all(refiner: Refiner)
     assert peak < one_copy / 8, f"{peak / 2**20:.0f} MiB held"
 
 
+def test_many_classes_side_by_side_hold_only_the_classes_of_each_cell(refiner: Refiner):
+    import tracemalloc
+
+    # 60 classes in stripes 48 px wide, side by side in one row of tiles: a band meets them
+    # all, the tiles over a cell (two tile columns) a few.
+    h, w, classes = 128, 60 * 48, 60
+    ids = np.repeat(np.arange(classes, dtype=np.uint8), 6)[None].repeat(16, 0)  # at 1/8
+    image = gradient_image(h, w)
+    tracemalloc.start()
+    try:
+        result = refiner.refine(image, ids, coarse_type="labels", probs=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(np.unique(result.labels)) == classes
+    band = classes * h * w * 4  # one float32 copy of a band of every class it meets
+    assert peak < band, f"{peak / 2**20:.0f} MiB held"  # (whole bands took 4 such copies)
+
+
 def test_many_classes_are_refused_only_when_their_probabilities_are_asked_for(
     model_dir: Path, tmp_path: Path
 ):
