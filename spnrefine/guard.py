@@ -2,7 +2,8 @@
 sure, or (in an already sharp map) unsure only along a band too narrow to hold a boundary
 worth moving, its probabilities stay; islands and holes that the refined mask cuts where the
 coarse map has no trace of them (or only a faint one, where the model is unsure too) go back
-to the coarse map, and specks far smaller than a coarse pixel go too."""
+to the coarse map, and specks far smaller than a coarse pixel go too; small fragments cut off
+the coarse map's parts where the model is unsure go to the class around them."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ map and the model are both unsure, the coarse map's answer stands. On MediaPipe'
 people such parts had a mean of 0.51-0.69 and were nearly all wrong; on ×8 maps of DAVIS
 truth 0.68-0.88, mostly right (20 images each; 0.6, 0.65, 0.7, 0.75 tried: from 0.7 on DAVIS
 ×8 boundary F falls)."""
+FRAGMENT_SURE = 0.6
+"""Binary maps upsampled by more than `SHARP_FACTOR`: a fragment (a part the coarse arg-max
+does take for its class, smaller than `FRAGMENT_AREA` coarse pixels and not its class's
+largest) in which the refined map gives its class less than this on average goes to the
+class around it, as a crumb does: where both maps are unsure, an edge of texture cut it off
+a part of the coarse map. (In a sharper map small parts are detail: letters at ×2.) On the
+maps of our own weak segmenter (k-fold nets, `scripts/make_coarse.py`) of 20 DAVIS
+validation frames, the islands and holes the refiner added were mostly such fragments (the
+coarse arg-max took their class over a median 0.70 and 0.77 of their pixels), two in three
+wrong, and the model gave them 0.55 on average, right and wrong alike."""
+FRAGMENT_AREA = 16
+"""Coarse pixels (factor² image pixels each): the fragments `FRAGMENT_SURE` judges are
+smaller than this."""
 SPECK = 0.25
 """Binary maps: an island or hole smaller than this share of a coarse pixel (factor² image
 pixels) survives nowhere: where the coarse map's arg-max never takes its class it goes back
@@ -177,6 +191,9 @@ def untraced_parts(
     probs: np.ndarray | None = None,
     sure: float = 0.0,
     top: np.ndarray | None = None,
+    foreground: np.ndarray | None = None,
+    fragment_sure: float = 0.0,
+    fragment_area: float = 0.0,
 ) -> np.ndarray:
     """H×W bool: the connected parts of each class of `labels` in which the C×H×W `coarse`
     never gives that class `trace` or more, and those smaller than `speck` pixels in which it
@@ -188,7 +205,10 @@ def untraced_parts(
     (fragments the refined map broke off). With ``probs`` (the C×H×W map `labels` is the
     arg-max of), a part in which the coarse arg-max never takes its class is also untraced
     unless its mean probability there is at least `sure`. ``top``: the coarse arg-max, when
-    the caller has it."""
+    the caller has it. With ``foreground`` (a binary map's H×W foreground plane of the map
+    `labels` is the arg-max of, read in float16) and ``crumbs``, the parts under
+    `fragment_area` pixels that the coarse arg-max takes somewhere, but for each class's
+    largest, are crumbs too where their mean probability is under `fragment_sure`."""
     out = np.zeros(labels.shape, bool)
     flat_out = out.reshape(-1)
     judged = probs is not None and sure > 0
@@ -231,7 +251,10 @@ def untraced_parts(
         else:
             out |= ~keep[parts]
         if crumbs is not None:
-            broken = np.flatnonzero(held & small)
+            broken = held & small
+            if foreground is not None and fragment_sure > 0:
+                broken |= _fragments(c, parts, area, held, foreground, fragment_sure, fragment_area)
+            broken = np.flatnonzero(broken)
             broken = broken[broken > 0]
             if len(broken) > 64:  # many: one pass over the image
                 crumbs |= (np.bincount(broken, minlength=count) > 0)[parts]
@@ -241,6 +264,33 @@ def untraced_parts(
                     crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
         del parts, flat_parts  # before the next class's: at 4096×3072 each is 24-48 MiB
     return out
+
+
+def _fragments(
+    c: int,
+    parts: np.ndarray,
+    area: np.ndarray,
+    held: np.ndarray,
+    foreground: np.ndarray,
+    sure: float,
+    limit: float,
+) -> np.ndarray:
+    """Per part of class `c` (0: background, 1: foreground; `parts` its part numbers, 0 the
+    other class): the parts under `limit` pixels that are `held`, but for the largest, whose
+    mean probability of `c` (from `foreground`, read in float16) is under `sure`."""
+    candidates = held & (area < limit)
+    candidates[0] = False
+    if len(area) > 1:
+        candidates[1 + np.argmax(area[1:])] = False
+    if not candidates.any():
+        return candidates
+    at = np.flatnonzero(candidates[parts])  # their pixels: few, the parts are small
+    ids = parts.reshape(-1)[at]
+    values = foreground.reshape(-1)[at].astype(np.float16).astype(np.float32)
+    means = np.bincount(ids, values, minlength=len(area)) / np.maximum(area, 1)
+    if c == 0:
+        means = 1.0 - means
+    return candidates & (means < sure)
 
 
 def _still_surrounded(crumbs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -275,11 +325,15 @@ def binary_parts(
     trace: float = DEFAULT_TRACE,
     speck: float = SPECK,
     part_sure: float = PART_SURE,
+    foreground: np.ndarray | None = None,
+    fragment_sure: float = FRAGMENT_SURE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The part rules of `guard` on a binary map, as flat pixel indices: those set back to
     the coarse map, and the crumbs that go to the other class. `labels`: the blended map's
     arg-max; `coarse`, `probs`: the two planes (background, foreground) of the coarse and the
-    blended maps; `top`: the coarse arg-max."""
+    blended maps; `top`: the coarse arg-max; `foreground`: the blended map's foreground at
+    every pixel (H×W, float16 will do), for the fragment rule (`FRAGMENT_SURE`; without it,
+    none)."""
     crumbs = np.zeros(labels.shape, bool)
     untraced = untraced_parts(
         labels,
@@ -291,6 +345,10 @@ def binary_parts(
         probs=probs,
         sure=part_sure,
         top=top,
+        # In an already sharp map small parts are detail (a page's letters at ×2).
+        foreground=foreground if factor > SHARP_FACTOR else None,
+        fragment_sure=fragment_sure,
+        fragment_area=FRAGMENT_AREA * factor * factor,
     )
     back = np.flatnonzero(untraced)
     if len(back) and crumbs.any():
@@ -316,7 +374,8 @@ def guard(
     binary maps, the islands and holes of the result with no trace in the coarse map (and the
     specks under `speck` × factor² px, and the parts the model gives less than `part_sure`,
     where the coarse map never chose their class) are set back to it, and the other specks
-    (crumbs) go to the class around them. (On label maps a thin class that the coarse map's
+    (crumbs), and the small fragments the model is unsure of (`FRAGMENT_SURE`), go to the
+    class around them. (On label maps a thin class that the coarse map's
     resolution lost is often right where the refiner brings it back, so no part is dropped
     there.)"""
     binary = coarse.shape[0] == 2 and trace > 0
@@ -325,7 +384,7 @@ def guard(
     out = keep_coarse(coarse, refined.copy(), weight)
     if binary:
         back, swap = binary_parts(
-            argmax_classes(out), coarse, out, top, factor, trace, speck, part_sure
+            argmax_classes(out), coarse, out, top, factor, trace, speck, part_sure, out[1]
         )
         flat = out.reshape(2, -1)
         flat[:, back] = coarse.reshape(2, -1)[:, back]

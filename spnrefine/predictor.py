@@ -285,7 +285,8 @@ class Predictor:
         the labels. The guard's part rules need the whole image: held at its size are the
         labels and the coarse arg-max (a byte a pixel each), and the refined and the coarse
         foreground planes with ``keep``; for labels alone only their values where the labels
-        and the coarse arg-max differ (`guard.AtOdd`), the pixels the rules read. The same maps
+        and the coarse arg-max differ (`guard.AtOdd`), the pixels most rules read, and the
+        refined foreground in float16 (2 bytes a pixel) for the fragment rule. The same maps
         as `refine_probs` and the class restriction give (to float rounding)."""
         size = image_rgb.shape[:2]
         labels = np.empty(size, bool)  # the arg-max: foreground
@@ -294,6 +295,8 @@ class Predictor:
         # part rules read them only where the labels and the coarse arg-max differ.
         fg = np.empty(size, np.float32) if keep else None
         coarse_fg = np.empty(size, np.float32) if keep and self.guard else None
+        # The fragment rule reads the foreground at every pixel; float16 is all it reads.
+        fg16 = np.empty(size, np.float16) if self.guard and not keep else None
         odd: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         # Without sparse the cells are whole rows (the flat indices below count on it).
         for rows, _, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
@@ -306,6 +309,7 @@ class Predictor:
             if keep:
                 coarse_fg[rows] = base[1]
             else:
+                fg16[rows] = out[1]
                 moved = band != coarse_top
                 flat = np.flatnonzero(moved) + rows.start * size[1]
                 odd.append((flat, base[1][moved], out[1][moved]))
@@ -318,7 +322,12 @@ class Predictor:
                 planes = (None, AtOdd(index, np.concatenate([o[2] for o in odd])))
                 del odd
             back, swap = binary_parts(
-                labels.view(np.uint8), coarse_planes, planes, top.view(np.uint8), factor
+                labels.view(np.uint8),
+                coarse_planes,
+                planes,
+                top.view(np.uint8),
+                factor,
+                foreground=fg if keep else fg16,
             )
             flat_labels = labels.reshape(-1)
             flat_labels[back] = top.reshape(-1)[back]
@@ -327,7 +336,7 @@ class Predictor:
                 flat_fg = fg.reshape(-1)
                 flat_fg[back] = coarse_fg.reshape(-1)[back]
                 flat_fg[swap] = 1.0 - flat_fg[swap]
-            del coarse_fg, top, coarse_planes, planes
+            del coarse_fg, top, coarse_planes, planes, fg16
         present = present_classes(coarse)
         if not present.all():  # one class only: it is everywhere
             labels[:] = present[1]

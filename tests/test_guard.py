@@ -215,9 +215,9 @@ def test_the_predictor_tells_the_guard_how_much_the_coarse_map_was_upsampled(mon
     for name in ("binary_parts", "_trust_rows"):
         original = getattr(predictor, name)
 
-        def spy(*args, original=original, name=name):
+        def spy(*args, original=original, name=name, **kwargs):
             seen.append((name, args[4]))  # both take the factor fifth
-            return original(*args)
+            return original(*args, **kwargs)
 
         monkeypatch.setattr(predictor, name, spy)
     image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
@@ -228,33 +228,42 @@ def test_the_predictor_tells_the_guard_how_much_the_coarse_map_was_upsampled(mon
     assert {name for name, _ in seen} == {"binary_parts", "_trust_rows"}
 
 
-def _parts_by_hand(labels, coarse, trace, speck, background, probs, sure):
-    """untraced_parts written out part by part, for the test below."""
+def _parts_by_hand(labels, coarse, trace, speck, background, probs, sure, fragments=None):
+    """untraced_parts written out part by part, for the test below; `fragments`: (sure,
+    area) of the fragment rule, read from probs[1] in float16."""
     import cv2
 
     out = np.zeros(labels.shape, bool)
     crumbs = np.zeros(labels.shape, bool)
     top = coarse.argmax(0)
+    fg16 = probs[1].astype(np.float16).astype(np.float32)
     for c in np.unique(labels):
         connectivity = 4 if c == background else 8
         count, parts = cv2.connectedComponents(
             (labels == c).view(np.uint8), connectivity=connectivity
         )
+        areas = [(parts == i).sum() for i in range(count)]
+        largest = 1 + int(np.argmax(areas[1:])) if count > 1 else None
         for i in range(1, count):
             part = parts == i
             held = (top[part] == c).any()
             traced = (coarse[c][part] >= trace).any()
             small = part.sum() < speck
             sure_enough = probs[c][part].mean() >= sure
+            fragment = False
+            if fragments is not None and held and i != largest and part.sum() < fragments[1]:
+                mean = fg16[part].sum(dtype=np.float64) / part.sum()
+                fragment = (mean if c == 1 else 1 - mean) < fragments[0]
             if not (traced and (held or not small) and (held or sure_enough)):
                 out |= part
-            elif held and small:
+            elif held and (small or fragment):
                 crumbs |= part
     return out, crumbs
 
 
+@pytest.mark.parametrize("fragments", [None, (0.6, 40.0)])
 @pytest.mark.parametrize("seed", range(4))
-def test_untraced_parts_equals_the_rule_written_out_part_by_part(seed):
+def test_untraced_parts_equals_the_rule_written_out_part_by_part(seed, fragments):
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -265,13 +274,50 @@ def test_untraced_parts_equals_the_rule_written_out_part_by_part(seed):
     probs = binary(refined_fg)
     labels = (refined_fg > 0.5).astype(np.uint8)
     crumbs = np.zeros(labels.shape, bool)
+    rule = {}
+    if fragments is not None:
+        rule = {"foreground": refined_fg, "fragment_sure": fragments[0]}
+        rule["fragment_area"] = fragments[1]
     got = untraced_parts(
-        labels, coarse, 0.3, 6.0, background=0, crumbs=crumbs, probs=probs, sure=0.65
+        labels, coarse, 0.3, 6.0, background=0, crumbs=crumbs, probs=probs, sure=0.65, **rule
     )
-    want, want_crumbs = _parts_by_hand(labels, coarse, 0.3, 6.0, 0, probs, 0.65)
+    want, want_crumbs = _parts_by_hand(labels, coarse, 0.3, 6.0, 0, probs, 0.65, fragments)
     assert want.any() and want_crumbs.any()  # the case exercises both rules
     assert np.array_equal(got, want)
     assert np.array_equal(crumbs, want_crumbs)
+    if fragments is not None and seed < 2:  # these two hold fragments the rule flips
+        _, speck_crumbs = _parts_by_hand(labels, coarse, 0.3, 6.0, 0, probs, 0.65)
+        assert (crumbs & ~speck_crumbs).any()
+
+
+def test_a_small_fragment_the_model_is_unsure_of_goes_to_the_class_around_it():
+    from spnrefine.guard import binary_parts
+
+    # The coarse map takes the whole middle for foreground; the refined map cut it into a
+    # large part and a small one (the model at 0.55 there), the rest background.
+    top = np.zeros((40, 60), np.uint8)
+    top[5:35, 5:55] = 1
+    labels = np.zeros_like(top)
+    labels[5:35, 5:40] = 1  # the largest part
+    labels[15:20, 45:50] = 1  # a fragment of 25 px, under 16 coarse pixels at ×4 (256 px)
+    refined = np.where(labels == 1, 0.9, 0.2).astype(np.float32)
+    refined[15:20, 45:50] = 0.55
+    coarse = np.where(top == 1, 0.55, 0.1).astype(np.float32)
+    planes = (None, coarse), (None, refined)
+    back, swap = binary_parts(labels, *planes, top, 4.0, foreground=refined)
+    assert len(back) == 0
+    expected = np.flatnonzero(np.pad(np.ones((5, 5), bool), ((15, 20), (45, 10))))
+    assert np.array_equal(swap, expected)
+    # Sure enough (0.7), not given the foreground, or in a map upsampled ×2: it stays.
+    refined[15:20, 45:50] = 0.7
+    assert len(binary_parts(labels, *planes, top, 4.0, foreground=refined)[1]) == 0
+    refined[15:20, 45:50] = 0.55
+    assert len(binary_parts(labels, *planes, top, 4.0)[1]) == 0
+    assert len(binary_parts(labels, *planes, top, 2.0, foreground=refined)[1]) == 0
+    # The largest part is never a fragment, however unsure.
+    refined[labels == 1] = 0.55
+    swapped = binary_parts(labels, *planes, top, 4.0, foreground=refined)[1]
+    assert np.array_equal(swapped, expected)
 
 
 def test_many_crumbs_are_found_as_a_few_are():
@@ -320,12 +366,15 @@ def test_the_part_rules_read_the_planes_only_where_labels_and_coarse_arg_max_dif
     refined_fg = np.clip(fg + rng.normal(0, 0.25, fg.shape), 0, 1).astype(np.float32)
     labels = (refined_fg > 0.5).astype(np.uint8)
     top = (fg > 0.5).astype(np.uint8)
-    back, swap = binary_parts(labels, (None, fg), (None, refined_fg), top, 8.0)
+    whole = refined_fg.astype(np.float16)  # what labels alone keep for the fragment rule
+    back, swap = binary_parts(
+        labels, (None, fg), (None, refined_fg), top, 8.0, foreground=refined_fg
+    )
     assert len(back) and len(swap)  # the case exercises both rules
     moved = np.flatnonzero(labels != top)
     sparse = (None, AtOdd(moved, fg.reshape(-1)[moved]))
     sparse_probs = (None, AtOdd(moved, refined_fg.reshape(-1)[moved]))
-    got_back, got_swap = binary_parts(labels, sparse, sparse_probs, top, 8.0)
+    got_back, got_swap = binary_parts(labels, sparse, sparse_probs, top, 8.0, foreground=whole)
     assert np.array_equal(got_back, back) and np.array_equal(got_swap, swap)
     with pytest.raises(ValueError, match="read only there"):  # a rule that needs it all
         binary_parts(labels, sparse, sparse_probs, top, 8.0, trace=0.6)
