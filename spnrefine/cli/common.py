@@ -196,8 +196,9 @@ GuardOption = Annotated[
     typer.Option(
         help="Keep the model to what the coarse map leaves open: where the map is sure (or, "
         "in a map at most 2.5× smaller than the image, unsure only in a band a few pixels "
-        "wide) it stays, and islands and holes it has no trace of, and specks far smaller "
-        "than one of its pixels, are dropped. --no-guard gives the model's map as it is."
+        "wide) it stays, and islands and holes it has no trace of, specks far smaller "
+        "than one of its pixels, and small fragments the model is unsure of, are dropped. "
+        "--no-guard gives the model's map as it is."
     ),
 ]
 CoarseTypeOption = Annotated[
