@@ -52,6 +52,14 @@ wrong, and the model gave them 0.55 on average, right and wrong alike."""
 FRAGMENT_AREA = 16
 """Coarse pixels (factor² image pixels each): the fragments `FRAGMENT_SURE` judges are
 smaller than this."""
+
+
+def judges_fragments(factor: float) -> bool:
+    """Whether the fragment rule (`FRAGMENT_SURE`) acts on a map upsampled by `factor`: not
+    in an already sharp one, where small parts are detail (a page's letters at ×2)."""
+    return factor > SHARP_FACTOR
+
+
 SPECK = 0.25
 """Binary maps: an island or hole smaller than this share of a coarse pixel (factor² image
 pixels) survives nowhere: where the coarse map's arg-max never takes its class it goes back
@@ -333,7 +341,7 @@ def binary_parts(
     arg-max; `coarse`, `probs`: the two planes (background, foreground) of the coarse and the
     blended maps; `top`: the coarse arg-max; `foreground`: the blended map's foreground at
     every pixel (H×W, float16 will do), for the fragment rule (`FRAGMENT_SURE`; without it,
-    none)."""
+    or where `judges_fragments` says no, none)."""
     crumbs = np.zeros(labels.shape, bool)
     untraced = untraced_parts(
         labels,
@@ -345,8 +353,7 @@ def binary_parts(
         probs=probs,
         sure=part_sure,
         top=top,
-        # In an already sharp map small parts are detail (a page's letters at ×2).
-        foreground=foreground if factor > SHARP_FACTOR else None,
+        foreground=foreground if judges_fragments(factor) else None,
         fragment_sure=fragment_sure,
         fragment_area=FRAGMENT_AREA * factor * factor,
     )

@@ -17,7 +17,14 @@ import numpy as np
 
 from spnrefine.baselines import BASELINES, check_baseline
 from spnrefine.errors import SpnrefineError, need_torch
-from spnrefine.guard import AtOdd, binary_parts, keep_coarse, trust_from, trust_reach
+from spnrefine.guard import (
+    AtOdd,
+    binary_parts,
+    judges_fragments,
+    keep_coarse,
+    trust_from,
+    trust_reach,
+)
 from spnrefine.guard import guard as do_no_harm
 from spnrefine.io import CoarseMap, write_atomic
 from spnrefine.io.coarse import VOID, ids_in
@@ -296,7 +303,8 @@ class Predictor:
         fg = np.empty(size, np.float32) if keep else None
         coarse_fg = np.empty(size, np.float32) if keep and self.guard else None
         # The fragment rule reads the foreground at every pixel; float16 is all it reads.
-        fg16 = np.empty(size, np.float16) if self.guard and not keep else None
+        fragments = self.guard and not keep and judges_fragments(factor)
+        fg16 = np.empty(size, np.float16) if fragments else None
         odd: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         # Without sparse the cells are whole rows (the flat indices below count on it).
         for rows, _, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
@@ -309,7 +317,8 @@ class Predictor:
             if keep:
                 coarse_fg[rows] = base[1]
             else:
-                fg16[rows] = out[1]
+                if fg16 is not None:
+                    fg16[rows] = out[1]
                 moved = band != coarse_top
                 flat = np.flatnonzero(moved) + rows.start * size[1]
                 odd.append((flat, base[1][moved], out[1][moved]))

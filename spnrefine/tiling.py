@@ -122,8 +122,8 @@ class Band:
     classes: np.ndarray
     coarse: np.ndarray
     refined: np.ndarray
-    left: int = 0
-    right: int = 0
+    left: int
+    right: int
 
 
 @dataclass

@@ -417,38 +417,34 @@ def test_labels_alone_match_the_map_refined_whole(refiner: Refiner):
     assert (got != expected).mean() < 1e-4  # float rounding may flip a tie
 
 
-def test_many_classes_refine_in_bands_without_holding_them_all(refiner: Refiner):
+def labels_alone_traced(refiner: Refiner, image: np.ndarray, ids: np.ndarray):
+    """The labels of a label map refined alone, and the peak of Python's allocations."""
     import tracemalloc
 
-    # 200 classes in blocks 2.5 coarse rows tall, two abreast: a band of rows meets ~16.
-    h, w, classes = 2000, 320, 200
-    ids = (np.arange(250)[:, None] * 2 // 5 * 2 + (np.arange(40) >= 20)).astype(np.uint8)
-    image = gradient_image(h, w)
     tracemalloc.start()
     try:
         result = refiner.refine(image, ids, coarse_type="labels", probs=False)
-        peak = tracemalloc.get_traced_memory()[1]
+        return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_many_classes_refine_in_bands_without_holding_them_all(refiner: Refiner):
+    # 200 classes in blocks 2.5 coarse rows tall, two abreast: a band of rows meets ~16.
+    h, w, classes = 2000, 320, 200
+    ids = (np.arange(250)[:, None] * 2 // 5 * 2 + (np.arange(40) >= 20)).astype(np.uint8)
+    result, peak = labels_alone_traced(refiner, gradient_image(h, w), ids)
     assert len(np.unique(result.labels)) == classes
     one_copy = classes * h * w * 4  # the float32 map of every class at the image's size
     assert peak < one_copy / 8, f"{peak / 2**20:.0f} MiB held"
 
 
 def test_many_classes_side_by_side_hold_only_the_classes_of_each_cell(refiner: Refiner):
-    import tracemalloc
-
     # 60 classes in stripes 48 px wide, side by side in one row of tiles: a band meets them
     # all, the tiles over a cell (two tile columns) a few.
     h, w, classes = 128, 60 * 48, 60
     ids = np.repeat(np.arange(classes, dtype=np.uint8), 6)[None].repeat(16, 0)  # at 1/8
-    image = gradient_image(h, w)
-    tracemalloc.start()
-    try:
-        result = refiner.refine(image, ids, coarse_type="labels", probs=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = labels_alone_traced(refiner, gradient_image(h, w), ids)
     assert len(np.unique(result.labels)) == classes
     band = classes * h * w * 4  # one float32 copy of a band of every class it meets
     assert peak < band, f"{peak / 2**20:.0f} MiB held"  # (whole bands took 4 such copies)
