@@ -301,27 +301,93 @@ def _fragments(
     return candidates & (means < sure)
 
 
-def _still_surrounded(crumbs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """H×W bool: the 8-connected parts of `crumbs` that the other class still surrounds in
-    `labels` (binary), counted on the pixels around each part. Parts set back to the coarse
-    map may have taken a crumb's surroundings: flipped then, a speck of background inside a
-    dropped island, turned foreground, would be an island of its own."""
-    # 16-bit part numbers where they fit (half the memory of 32-bit, and OpenCV dilates them).
-    wide = np.count_nonzero(crumbs) >= 2**16
-    ltype = cv2.CV_32S if wide else cv2.CV_16U
-    count, parts = cv2.connectedComponents(crumbs.view(np.uint8), connectivity=8, ltype=ltype)
-    if wide:
-        grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
-    else:
-        grown = cv2.dilate(parts, np.ones((3, 3), np.uint8))
-    ring = (grown > 0) & ~crumbs
-    owner = grown[ring]
-    own_class = np.zeros(count, labels.dtype)
-    own_class[parts[crumbs]] = labels[crumbs]
-    other = labels[ring] != own_class[owner]
-    surrounded = np.bincount(owner, other, count) > np.bincount(owner, ~other, count)
-    surrounded[0] = False
-    return surrounded[parts]
+def _still_surrounded(
+    crumbs: np.ndarray, labels: np.ndarray, back: np.ndarray | None = None
+) -> np.ndarray:
+    """H×W bool: the pixels to flip to the other class of `labels` (binary): the crumbs whose
+    flip merges them into the class around them, judged on the pixels around each 8-connected
+    part of a class's crumbs, and the pixels set back to the coarse map (`back`, H×W bool;
+    `labels` has them set back) left apart by those flips. Parts set back to the coarse map
+    may have taken a crumb's surroundings: flipped then, a speck of background inside a
+    dropped island, turned foreground, would be an island of its own. So may another crumb: a
+    speck of background inside a fragment of foreground that flips too stays background. And
+    a speck set back inside such a fragment goes with it. Judged again with the flips made,
+    until no flip leaves a part apart."""
+    rows, cols = np.flatnonzero(crumbs.any(1)), np.flatnonzero(crumbs.any(0))
+    out = np.zeros(crumbs.shape, bool)
+    if not len(rows):
+        return out
+    # Within the crumbs' bounding box and a pixel around it: the rings lie there, and the
+    # parts set back that crumbs may enclose.
+    box = (
+        slice(max(rows[0] - 1, 0), rows[-1] + 2),
+        slice(max(cols[0] - 1, 0), cols[-1] + 2),
+    )
+    crumbs, labels = crumbs[box], labels[box].astype(bool)
+    flat = labels.reshape(-1)
+    rings = [_Ring(crumbs & (labels == c), c) for c in (False, True)]
+    flips = [ring.surrounded(flat) for ring in rings]  # per class: its crumbs' pixels flipped
+    backs = []  # the parts set back, each class's: judged once crumbs have flipped
+    if back is not None:
+        back = back[box] & ~crumbs
+        backs = [_Ring(back & (labels == c), c, inner=True) for c in (False, True)]
+    moved = [np.zeros(len(ring.pixels), bool) for ring in backs]
+    for _ in range(4):  # a part inside a crumb's ring: rarely deeper than that
+        after = flat.copy()
+        for ring, flip in zip(rings + backs, flips + moved, strict=True):
+            after[ring.pixels[flip]] = not ring.c
+        kept = [flip & ring.surrounded(after) for ring, flip in zip(rings, flips, strict=True)]
+        apart = [ring.surrounded(after) for ring in backs]
+        if all(np.array_equal(a, b) for a, b in zip(kept + apart, flips + moved, strict=True)):
+            break
+        flips, moved = kept, apart
+    inside = np.zeros(crumbs.size, bool)
+    for ring, flip in zip(rings + backs, flips + moved, strict=True):
+        inside[ring.pixels[flip]] = True
+    out[box] = inside.reshape(crumbs.shape)
+    return out
+
+
+class _Ring:
+    """The 8-connected parts of one class's pixels (bool `mask`, class `c`) and the pixels
+    around them, as flat indices: the parts' pixels and their part numbers, the ring's pixels
+    and the part each borders (one of them, where several meet). With `inner`, parts that
+    touch the mask's edge are left out (their rings go beyond it)."""
+
+    def __init__(self, mask: np.ndarray, c: bool, inner: bool = False):
+        self.c = c
+        # 16-bit part numbers where they fit (half the memory of 32-bit; OpenCV dilates them).
+        wide = np.count_nonzero(mask) >= 2**16
+        ltype = cv2.CV_32S if wide else cv2.CV_16U
+        self.count, parts = cv2.connectedComponents(
+            mask.view(np.uint8), connectivity=8, ltype=ltype
+        )
+        if inner and self.count > 1:
+            edge = np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])
+            cut = np.zeros(self.count, bool)
+            cut[edge] = True
+            cut[0] = False
+            if cut.any():
+                mask = mask & ~cut[parts]
+                parts = np.where(mask, parts, 0).astype(parts.dtype)
+        if wide:
+            grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8))
+            grown = grown.astype(np.int32)
+        else:
+            grown = cv2.dilate(parts, np.ones((3, 3), np.uint8))
+        self.pixels = np.flatnonzero(mask)
+        self.parts = parts.reshape(-1)[self.pixels]
+        self.ring = np.flatnonzero((grown > 0) & ~mask)
+        self.owner = grown.reshape(-1)[self.ring]
+
+    def surrounded(self, flat_labels: np.ndarray) -> np.ndarray:
+        """Per pixel of the parts: whether its part's ring is mostly of the other class in the
+        flat labels."""
+        other = flat_labels[self.ring] != self.c
+        votes = np.bincount(self.owner, other, self.count)
+        surrounded = votes > np.bincount(self.owner, minlength=self.count) - votes
+        surrounded[0] = False
+        return surrounded[self.parts]
 
 
 def binary_parts(
@@ -358,11 +424,17 @@ def binary_parts(
         fragment_area=FRAGMENT_AREA * factor * factor,
     )
     back = np.flatnonzero(untraced)
-    if len(back) and crumbs.any():
+    if not crumbs.any():
+        return back, np.flatnonzero(crumbs)
+    after, was_back = labels, None
+    if len(back):
         after = labels.copy()
         after.reshape(-1)[back] = top.reshape(-1)[back]  # set back: the coarse arg-max
-        crumbs &= _still_surrounded(crumbs, after)
-    return back, np.flatnonzero(crumbs)
+        was_back = np.zeros(labels.shape, bool)
+        was_back.reshape(-1)[back] = True
+    # Flipped: the crumbs still surrounded, and any pixels set back that they leave apart
+    # (those are in both lists: set back, then flipped).
+    return back, np.flatnonzero(_still_surrounded(crumbs, after, was_back))
 
 
 def guard(

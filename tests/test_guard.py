@@ -148,6 +148,32 @@ def test_a_crumb_inside_a_dropped_island_does_not_become_an_island_of_its_own():
     assert kept[10:30, 10:30].all()
 
 
+def test_a_crumb_inside_a_fragment_that_flips_does_not_become_an_island():
+    fg = np.full((100, 100), 0.1, np.float32)
+    fg[50:90, 50:90] = 0.9  # the object
+    fg[10:20, 10:20] = 0.55  # a small part the coarse map takes, unsure...
+    fg[14:16, 14:16] = 0.3  # ...with a speck of background in it
+    refined = fg.copy()
+    refined[50:90, 50:90] = 0.95
+    # The model is unsure of the fragment (under FRAGMENT_SURE): it goes to the background
+    # around it, and the speck inside it, a crumb of background, stays background.
+    labels = guard(binary(fg), binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert not labels[:40, :40].any()
+    assert labels[50:90, 50:90].all()
+    # The speck alone, in a part that stays, is still given to the class around it.
+    refined[10:20, 10:20] = 0.9
+    refined[14:16, 14:16] = 0.3
+    labels = guard(binary(fg), binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert labels[10:20, 10:20].all()
+    # A speck of background the coarse map has no trace of goes back to the coarse map's
+    # foreground, and then with the fragment around it to the background.
+    fg[14:16, 14:16] = 0.55
+    refined[10:20, 10:20] = 0.55
+    refined[14:16, 14:16] = 0.2
+    labels = guard(binary(fg), binary(refined), narrow=0, factor=8.0).argmax(0)
+    assert not labels[:40, :40].any()
+
+
 def test_a_part_neither_the_coarse_map_nor_the_model_is_sure_of_goes_back():
     fg = np.zeros((60, 60), np.float32)
     fg[:, 30:] = 0.4  # a faint trace of foreground on the right, never the coarse arg-max
