@@ -356,25 +356,21 @@ class _Ring:
 
     def __init__(self, mask: np.ndarray, c: bool, inner: bool = False):
         self.c = c
-        # 16-bit part numbers where they fit (half the memory of 32-bit; OpenCV dilates them).
-        wide = np.count_nonzero(mask) >= 2**16
-        ltype = cv2.CV_32S if wide else cv2.CV_16U
-        self.count, parts = cv2.connectedComponents(
-            mask.view(np.uint8), connectivity=8, ltype=ltype
-        )
+        self.count, parts, stats = _components(mask, 8)
         if inner and self.count > 1:
-            edge = np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])
-            cut = np.zeros(self.count, bool)
-            cut[edge] = True
+            x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+            right = x + stats[:, cv2.CC_STAT_WIDTH]
+            bottom = y + stats[:, cv2.CC_STAT_HEIGHT]
+            cut = (x == 0) | (y == 0) | (right == mask.shape[1]) | (bottom == mask.shape[0])
             cut[0] = False
             if cut.any():
                 mask = mask & ~cut[parts]
                 parts = np.where(mask, parts, 0).astype(parts.dtype)
-        if wide:
+        if parts.dtype == np.uint16:  # OpenCV dilates 16-bit part numbers, not 32-bit ones
+            grown = cv2.dilate(parts, np.ones((3, 3), np.uint8))
+        else:
             grown = cv2.dilate(parts.astype(np.float32), np.ones((3, 3), np.uint8))
             grown = grown.astype(np.int32)
-        else:
-            grown = cv2.dilate(parts, np.ones((3, 3), np.uint8))
         self.pixels = np.flatnonzero(mask)
         self.parts = parts.reshape(-1)[self.pixels]
         self.ring = np.flatnonzero((grown > 0) & ~mask)

@@ -366,13 +366,13 @@ def test_crumbs_are_judged_alike_with_16_and_32_bit_part_numbers():
     from spnrefine.guard import _still_surrounded
 
     rng = np.random.default_rng(0)
-    crumbs = np.zeros((200, 560), bool)
-    crumbs[:, :200] = rng.random((200, 200)) < 0.05
-    labels = np.zeros((200, 560), np.uint8)
-    labels[:, :200] = rng.random((200, 200)) < 0.5
-    few = _still_surrounded(crumbs, labels)  # under 65,536 crumb pixels: 16-bit
+    crumbs = np.zeros((600, 1000), bool)
+    crumbs[:200, :200] = rng.random((200, 200)) < 0.05
+    labels = np.zeros((600, 1000), np.uint8)
+    labels[:200, :200] = rng.random((200, 200)) < 0.5
+    few = _still_surrounded(crumbs, labels)  # under 65,536 crumbs: 16-bit part numbers
     many_crumbs = crumbs.copy()
-    many_crumbs[:, 210:] = True  # 70,000 more, apart from the others: 32-bit
+    many_crumbs[::2, 210::2] = True  # 118,500 more, one pixel each, apart: 32-bit
     many = _still_surrounded(many_crumbs, labels)
     assert np.count_nonzero(crumbs) < 2**16 <= np.count_nonzero(many_crumbs)
     assert np.array_equal(many[:, :205], few[:, :205])
