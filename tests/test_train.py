@@ -21,6 +21,7 @@ from spnrefine.train.average import WeightAverage
 from spnrefine.train.config import TrainConfig
 from spnrefine.train.data import (
     IGNORE,
+    Recipe,
     load_dataset,
     sample_batch,
     sample_patch,
@@ -229,6 +230,67 @@ def test_validation_protocol_is_deterministic_x8_downsampling():
     b = synthesize_coarse(labels, 2, None, factor=8)
     np.testing.assert_array_equal(a, b)
     assert np.abs(a[1, :, 45:] - 1).max() < 1e-6  # far from the edge it stays certain
+
+
+def test_recipe_draws_factors_in_its_range_and_leaves_its_clean_share_unperturbed(monkeypatch):
+    import spnrefine.train.data as data_module
+
+    labels = np.zeros((96, 96), np.uint8)
+    labels[20:70, 30:80] = 1
+    seen: list[tuple] = []
+    monkeypatch.setattr(data_module, "downsample_probs", lambda p, size: seen.append(size) or p)
+    shapes: list[bool] = []
+    real = data_module.perturb_labels
+    monkeypatch.setattr(data_module, "perturb_labels", lambda *a: shapes.append(True) or real(*a))
+    # The default recipe draws as the recipe always did, so earlier runs resume to the same
+    # batches: perturbed with probability 0.8, then a factor log-uniform in 4..16.
+    for seed in range(20):
+        expect = np.random.default_rng(seed)
+        perturbed = expect.random() < 0.8
+        if perturbed:
+            real(labels, 2, expect)
+        factor = float(np.exp(expect.uniform(np.log(4), np.log(16))))
+        seen.clear(), shapes.clear()
+        synthesize_coarse(labels, 2, np.random.default_rng(seed))
+        assert seen == [(round(96 / factor), round(96 / factor))]
+        assert shapes == [True] * perturbed
+    seen.clear(), shapes.clear()
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        synthesize_coarse(labels, 2, rng, recipe=Recipe((2.0, 3.0), clean=0.75))
+    sides = np.array([size[0] for size in seen])
+    assert sides.min() >= round(96 / 3) and sides.max() <= round(96 / 2)
+    assert len(set(sides)) > 5  # drawn, not fixed
+    assert 0.2 < len(shapes) / 400 < 0.3  # a quarter perturbed
+    assert Recipe((0.5, 4.0)).check() and Recipe((8.0, 4.0)).check()
+    assert Recipe(clean=1.5).check() and Recipe().check() is None
+
+
+def test_factors_and_clean_share_are_saved_and_fixed_for_a_resume(tmp_path):
+    from typer.testing import CliRunner
+
+    from spnrefine.cli import app
+
+    data = make_folder(tmp_path / "d", size=(96, 96))
+    out = tmp_path / "run"
+    base = ["train", str(data), "--out", str(out), "--steps", "2", "--val-every", "2"]
+    small = ["--val-patches", "2", "--batch-size", "2", "--widths", "4,4", "--hidden", "4"]
+    result = CliRunner().invoke(app, [*base, *small, "--factors", "4", "-q"])
+    assert result.exit_code == 2 and "MIN,MAX" in result.output
+    result = CliRunner().invoke(app, [*base, *small, "--factors", "8,2", "-q"])
+    assert result.exit_code == 2 and "1 ≤ MIN ≤ MAX" in result.output
+    result = CliRunner().invoke(
+        app, [*base, *small, "--factors", "1.5,6", "--clean-share", "0.5", "--until", "1", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_state.json").read_text())["config"]
+    assert saved["factors"] == [1.5, 6.0] and saved["clean_share"] == 0.5
+    refused = CliRunner().invoke(app, [*base, "--resume", "--factors", "2,6", "-q"])
+    assert refused.exit_code != 0
+    assert "started with --factors 1.5,6; resume it with the same" in refused.output
+    resumed = CliRunner().invoke(app, [*base, "--resume", "-q"])  # the run's own recipe
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "train_state.json").read_text())["step"] == 2
 
 
 def test_multiclass_batches_keep_only_present_classes(tmp_path):

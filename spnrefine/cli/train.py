@@ -29,6 +29,16 @@ def parse_shares(text: str) -> list[float]:
         raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
 
 
+def parse_factors(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected MIN,MAX (e.g. 2,16)") from None
+    if not 1 <= low <= high:
+        raise typer.BadParameter(f"{text!r}: expected 1 ≤ MIN ≤ MAX")
+    return low, high
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
@@ -169,6 +179,23 @@ def train(
             "recipe alike]",
         ),
     ] = None,
+    factors: Annotated[
+        str,
+        typer.Option(
+            metavar="MIN,MAX",
+            help="The synthetic coarse maps are MIN to MAX times smaller than the image "
+            "(log-uniform); take in the scale your segmenter's maps come at (e.g. 2,16).",
+        ),
+    ] = "4,16",
+    clean_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the synthetic coarse maps whose shapes are left unperturbed "
+            "(only downsampled), as a sharp map is.",
+        ),
+    ] = 0.2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -213,6 +240,8 @@ def train(
             "coarse_sources": list(coarse_source or []),
             "data_weights": parse_shares(data_weights) if data_weights else None,
             "real_share": real_share,
+            "factors": parse_factors(factors),
+            "clean_share": clean_share,
         }
         try:
             config = saved_config(out)
@@ -268,6 +297,8 @@ def train(
         coarse_sources=list(coarse_source or []),
         data_weights=parse_shares(data_weights) if data_weights else None,
         real_share=real_share,
+        factors=parse_factors(factors),
+        clean_share=clean_share,
         model=model_config,
         widen_to=parsed_widths if init else None,
     )

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from spnrefine.model import ModelConfig
-from spnrefine.train.data import VAL_FRACTION
+from spnrefine.train.data import VAL_FRACTION, Recipe
 from spnrefine.train.prefetch import Mix
 
 
@@ -37,6 +37,8 @@ class TrainConfig:
     coarse_sources: list[str] = field(default_factory=list)  # coarse-<pattern>/ folders to mix in
     data_weights: list[float] | None = None  # share of steps per data folder (None: alike)
     real_share: float | None = None  # patches on a real coarse map where one exists (None: alike)
+    factors: tuple[float, float] = Recipe.factors  # synthetic maps: this much smaller, log-uniform
+    clean_share: float = Recipe.clean  # synthetic maps whose shapes are not perturbed
     model: ModelConfig = field(default_factory=ModelConfig)
     # Settings changed on a resume with override: {"step": N, "<setting>": [before, after]}.
     changes: list[dict] = field(default_factory=list)
@@ -44,7 +46,11 @@ class TrainConfig:
     @property
     def mix(self) -> Mix:
         weights = tuple(self.data_weights) if self.data_weights else None
-        return Mix(weights, self.real_share)
+        return Mix(weights, self.real_share, self.recipe)
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(tuple(self.factors), self.clean_share)
 
     @property
     def held_out_seed(self) -> int:
@@ -63,6 +69,7 @@ class TrainConfig:
             config.model = ModelConfig.from_dict(data["model"])
         if config.widen_to is not None:
             config.widen_to = tuple(config.widen_to)
+        config.factors = tuple(config.factors)
         return config
 
 

@@ -236,23 +236,44 @@ def _fill_ignore(labels: np.ndarray, max_steps: int = 32) -> np.ndarray:
     return filled.astype(labels.dtype)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """The synthetic coarse maps of training: each ``factors[0]``–``factors[1]`` times smaller
+    than its patch (log-uniform), and its shapes perturbed in all but a ``clean`` share."""
+
+    factors: tuple[float, float] = (4.0, 16.0)
+    clean: float = 0.2
+
+    def check(self) -> str | None:
+        """What is wrong with it, or None."""
+        low, high = self.factors
+        if not 1 <= low <= high:
+            return f"--factors {low:g},{high:g}: expected 1 ≤ MIN ≤ MAX"
+        if not 0 <= self.clean <= 1:
+            return f"--clean-share {self.clean:g}: expected a share from 0 to 1"
+        return None
+
+
 def synthesize_coarse(
     labels: np.ndarray,
     num_classes: int,
     rng: np.random.Generator | None = None,
     factor: float | None = None,
+    recipe: Recipe = Recipe(),
 ) -> np.ndarray:
     """Coarse C×H×W probabilities from ground truth: perturb, downsample ×factor, upsample.
 
     With ``rng=None`` the map is deterministic: plain area downsampling by ``factor`` and
-    bilinear upsampling, the protocol used for validation.
+    bilinear upsampling, the protocol used for validation. With an ``rng``, ``recipe`` draws
+    the factor (unless given) and whether the shapes are perturbed.
     """
     h, w = labels.shape
     labels = _fill_ignore(labels)
     if rng is not None:
-        if rng.random() < 0.8:
+        if rng.random() < 1 - recipe.clean:
             labels = perturb_labels(labels, num_classes, rng)
-        factor = factor or float(np.exp(rng.uniform(np.log(4), np.log(16))))
+        low, high = recipe.factors
+        factor = factor or float(np.exp(rng.uniform(np.log(low), np.log(high))))
     small = (max(2, int(round(h / factor))), max(2, int(round(w / factor))))
     probs = one_hot(labels, num_classes)
     coarse = _renormalise(downsample_probs(probs, small))
@@ -279,13 +300,14 @@ def sample_patch(
     augment: bool = True,
     factor: float | None = None,
     real_share: float | None = None,
+    recipe: Recipe = Recipe(),
 ) -> Patch | None:
     """A ``tile``² patch centred near a boundary, or None when it holds fewer than two labels.
 
     With ``augment``: rotation ±15°, scale ×0.5-1.5, horizontal flip, and a freshly
     perturbed coarse map. Without: an axis-aligned crop and the ×``factor`` protocol.
     ``real_share``: how often a patch takes one of its image's real coarse maps
-    (`spnrefine.train.sources.pick_source`).
+    (`spnrefine.train.sources.pick_source`); ``recipe``: the synthetic maps of the others.
     """
     h, w = sample.labels.shape
     if len(sample.boundary):
@@ -319,7 +341,7 @@ def sample_patch(
         coarse = sources.warp_small(sample.sources[source], (h, w), matrix, tile)
         coarse = _renormalise(np.clip(coarse, 0, 1))
     else:
-        coarse = synthesize_coarse(labels, num_classes, rng if augment else None, factor)
+        coarse = synthesize_coarse(labels, num_classes, rng if augment else None, factor, recipe)
     if flip:
         image, labels, coarse = image[:, ::-1], labels[:, ::-1], coarse[:, :, ::-1]
     return Patch(
@@ -338,6 +360,7 @@ def sample_batch(
     augment: bool = True,
     factor: float | None = None,
     real_share: float | None = None,
+    recipe: Recipe = Recipe(),
 ) -> dict[str, np.ndarray]:
     """Stack ``batch_size`` boundary patches from one dataset's split."""
     samples = dataset.train if split == "train" else dataset.val
@@ -348,7 +371,9 @@ def sample_batch(
     while len(patches) < batch_size:
         tries += 1
         sample = samples[rng.integers(len(samples))]
-        patch = sample_patch(sample, dataset.num_classes, rng, tile, augment, factor, real_share)
+        patch = sample_patch(
+            sample, dataset.num_classes, rng, tile, augment, factor, real_share, recipe
+        )
         if patch is not None:
             patches.append(patch)
         elif tries > 50 * batch_size:

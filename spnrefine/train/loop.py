@@ -114,7 +114,7 @@ def train(
 
 def check_mix(config: TrainConfig) -> None:
     """--data-weights: one share ≥ 0 per data folder; --real-share: a share, of real maps
-    that --coarse-source names."""
+    that --coarse-source names; --factors and --clean-share: a recipe that can be drawn."""
     weights = config.data_weights
     if weights is not None:
         if len(weights) != len(config.data):
@@ -130,6 +130,9 @@ def check_mix(config: TrainConfig) -> None:
         raise SpnrefineError(
             f"--real-share {share}: expected a share from 0 to 1", Path(config.out)
         )
+    problem = config.recipe.check()
+    if problem:
+        raise SpnrefineError(problem, Path(config.out))
     if share is not None and not config.coarse_sources:
         raise SpnrefineError(
             "--real-share: no real maps to share; name their folders with --coarse-source",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spnrefine.train.data import Dataset, load_dataset, sample_batch
+from spnrefine.train.data import Dataset, Recipe, load_dataset, sample_batch
 
 # data folders, validation fraction, split seed, coarse-source patterns
 Source = tuple[Sequence[str], float, int, tuple[str, ...]]
@@ -28,10 +28,11 @@ class Mix:
     """How a run mixes its data: the share of steps each data folder gets (``weights``, one
     per folder, None: alike), and how often a patch takes a real coarse map where its image
     has one (``real_share``, None: a real source counts as one choice beside the synthetic
-    recipe)."""
+    recipe), and that recipe's factors and clean share (``recipe``)."""
 
     weights: tuple[float, ...] | None = None
     real_share: float | None = None
+    recipe: Recipe = Recipe()
 
     def pick(self, count: int, rng: np.random.Generator) -> int:
         if self.weights is None:
@@ -46,7 +47,9 @@ def step_batch(
     """The batch of ``step``: its data folder and patches both drawn from (seed, step)."""
     rng = np.random.default_rng([seed, step])
     dataset = datasets[mix.pick(len(datasets), rng)]
-    return sample_batch(dataset, rng, batch_size, tile, real_share=mix.real_share)
+    return sample_batch(
+        dataset, rng, batch_size, tile, real_share=mix.real_share, recipe=mix.recipe
+    )
 
 
 _worker: dict = {}

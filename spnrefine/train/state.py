@@ -87,6 +87,8 @@ FIXED = (
     ("--ema", "ema"),
     ("--thin-weight", "thin_weight"),
     ("--coarse-source", "coarse_sources"),
+    ("--factors", "factors"),
+    ("--clean-share", "clean_share"),
 )
 
 
@@ -126,8 +128,9 @@ def check_resume(out: Path, config: TrainConfig, override: bool = False) -> None
     for flag, name in FIXED:
         was = getattr(saved, name)
         if was != getattr(config, name):
+            shown = ",".join(f"{v:g}" for v in was) if name == "factors" else was
             raise SpnrefineError(
-                f"the run was started with {flag} {was}; resume it with the same", out
+                f"the run was started with {flag} {shown}; resume it with the same", out
             )
     changed = [n for n in RESTORED if not _same(n, getattr(saved, n), getattr(config, n))]
     if changed and not override:
