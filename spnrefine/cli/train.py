@@ -182,7 +182,7 @@ def train(
     factors: Annotated[
         str,
         typer.Option(
-            metavar="MIN,MAX",
+            metavar="<min,max>",
             help="The synthetic coarse maps are MIN to MAX times smaller than the image "
             "(log-uniform); take in the scale your segmenter's maps come at (e.g. 2,16).",
         ),
