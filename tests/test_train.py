@@ -263,7 +263,9 @@ def test_recipe_draws_factors_in_its_range_and_leaves_its_clean_share_unperturbe
     assert len(set(sides)) > 5  # drawn, not fixed
     assert 0.2 < len(shapes) / 400 < 0.3  # a quarter perturbed
     assert Recipe((0.5, 4.0)).check() and Recipe((8.0, 4.0)).check()
-    assert Recipe(clean=1.5).check() and Recipe().check() is None
+    assert Recipe((2.0, float("inf"))).check() and Recipe((float("nan"), 4.0)).check()
+    assert Recipe(clean=1.5).check() and Recipe(clean=float("nan")).check()
+    assert Recipe().check() is None
 
 
 def test_factors_and_clean_share_are_saved_and_fixed_for_a_resume(tmp_path):
@@ -277,8 +279,11 @@ def test_factors_and_clean_share_are_saved_and_fixed_for_a_resume(tmp_path):
     small = ["--val-patches", "2", "--batch-size", "2", "--widths", "4,4", "--hidden", "4"]
     result = CliRunner().invoke(app, [*base, *small, "--factors", "4", "-q"])
     assert result.exit_code == 2 and "MIN,MAX" in result.output
-    result = CliRunner().invoke(app, [*base, *small, "--factors", "8,2", "-q"])
-    assert result.exit_code == 2 and "1 ≤ MIN ≤ MAX" in result.output
+    for bad in ("8,2", "2,inf", "nan,4", "0.5,4"):
+        result = CliRunner().invoke(app, [*base, *small, "--factors", bad, "-q"])
+        assert result.exit_code == 2 and "1 ≤ MIN ≤ MAX" in result.output, bad
+    result = CliRunner().invoke(app, [*base, *small, "--clean-share", "nan", "-q"])
+    assert result.exit_code != 0 and not (out / "train_state.json").exists()
     result = CliRunner().invoke(
         app, [*base, *small, "--factors", "1.5,6", "--clean-share", "0.5", "--until", "1", "-q"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +35,8 @@ def parse_factors(text: str) -> tuple[float, float]:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise typer.BadParameter(f"{text!r}: expected MIN,MAX (e.g. 2,16)") from None
-    if not 1 <= low <= high:
-        raise typer.BadParameter(f"{text!r}: expected 1 ≤ MIN ≤ MAX")
+    if not (1 <= low <= high and math.isfinite(high)):
+        raise typer.BadParameter(f"{text!r}: expected 1 ≤ MIN ≤ MAX, both finite")
     return low, high
 
 

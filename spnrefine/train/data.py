@@ -11,6 +11,7 @@ the stem minus a trailing ``_<digits>`` (so frames of one video sequence stay to
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,9 +248,9 @@ class Recipe:
     def check(self) -> str | None:
         """What is wrong with it, or None."""
         low, high = self.factors
-        if not 1 <= low <= high:
-            return f"--factors {low:g},{high:g}: expected 1 ≤ MIN ≤ MAX"
-        if not 0 <= self.clean <= 1:
+        if not (1 <= low <= high and math.isfinite(high)):
+            return f"--factors {low:g},{high:g}: expected 1 ≤ MIN ≤ MAX, both finite"
+        if not 0 <= self.clean <= 1:  # a NaN fails it too
             return f"--clean-share {self.clean:g}: expected a share from 0 to 1"
         return None
 
