@@ -175,9 +175,32 @@ def _plane(planes, c: int, index: np.ndarray | None = None) -> np.ndarray:
 
 
 def _components(mask: np.ndarray, connectivity: int):
-    """cv2.connectedComponentsWithStats of a bool mask: (count, part numbers, stats). The part
-    numbers are 16-bit where they fit (half the memory: 24 MiB at 4096×3072); OpenCV refuses
-    to count past 65535 in 16 bits, and then they are counted again in 32."""
+    """cv2.connectedComponentsWithStats of a bool mask: (count, part numbers, stats), the
+    same to the number. Where the mask's True pixels, or its False ones, lie within a box
+    well inside the image (an object's, or its holes'), only that box (and a pixel around
+    it) is labelled, and the rest filled in: at 4096×3072 a whole image takes 40-140 ms.
+    The part numbers are 16-bit where they fit (half the memory: 24 MiB at 4096×3072);
+    OpenCV refuses to count past 65535 in 16 bits, and then they are counted again in 32."""
+    h, w = mask.shape
+    for value in (True, False):  # the box of the True pixels, else of the False ones
+        rows = np.flatnonzero(mask.any(1) if value else ~mask.all(1))
+        if not len(rows):
+            continue
+        cols = np.flatnonzero(mask.any(0) if value else ~mask.all(0))
+        grow = 0 if value else 1  # around the False ones, a ring of True joins the outside
+        # At even rows and columns: OpenCV numbers parts by the 2×2 blocks they start in.
+        y0, y1 = max(rows[0] - grow, 0) // 2 * 2, min(rows[-1] + 1 + grow, h)
+        x0, x1 = max(cols[0] - grow, 0) // 2 * 2, min(cols[-1] + 1 + grow, w)
+        if (y1 - y0) * (x1 - x0) <= BOX_SHARE * h * w:
+            return _components_in(mask, connectivity, (y0, y1, x0, x1), outside=not value)
+    return _label(mask, connectivity)
+
+
+BOX_SHARE = 0.6
+"""`_components` labels a box alone where it is at most this share of the image."""
+
+
+def _label(mask: np.ndarray, connectivity: int):
     try:
         count, parts, stats, _ = cv2.connectedComponentsWithStats(
             mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_16U
@@ -187,6 +210,55 @@ def _components(mask: np.ndarray, connectivity: int):
             mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
         )
     return count, parts, stats
+
+
+def _components_in(mask: np.ndarray, connectivity: int, box: tuple, outside: bool):
+    """`_components` of a mask that is `outside` everywhere but in the box (y0, y1, x0, x1).
+    Outside False: the parts all lie in the box. Outside True: the box has a ring of True
+    pixels where it does not meet the image's edge, so each of the four pieces around it
+    (above and below, whole rows; left and right) joins the part of the ring beside it.
+    Parts are numbered in the order of their first pixel, row by row, and that order is
+    the same in the box as in the image (a piece around comes first in both, or after the
+    ring's pixel that leads its part)."""
+    h, w = mask.shape
+    y0, y1, x0, x1 = box
+    count, inner, stats = _label(np.ascontiguousarray(mask[y0:y1, x0:x1]), connectivity)
+    stats = stats.copy()
+    stats[1:, cv2.CC_STAT_LEFT] += x0
+    stats[1:, cv2.CC_STAT_TOP] += y0
+    parts = np.zeros((h, w), inner.dtype)
+    parts[y0:y1, x0:x1] = inner
+    if stats[0, cv2.CC_STAT_AREA]:  # part 0, the other pixels: those in the box,
+        stats[0, cv2.CC_STAT_LEFT] += x0
+        stats[0, cv2.CC_STAT_TOP] += y0
+    for (a, b), (c, d), at in _around(box, h, w):  # and, outside False, those around it
+        part = inner[at] if outside else 0
+        if outside:
+            parts[a:b, c:d] = part
+        row = stats[part]
+        if row[cv2.CC_STAT_AREA] == 0:
+            row[:] = (c, a, d - c, b - a, 0)
+        right = max(row[cv2.CC_STAT_LEFT] + row[cv2.CC_STAT_WIDTH], d)
+        bottom = max(row[cv2.CC_STAT_TOP] + row[cv2.CC_STAT_HEIGHT], b)
+        row[cv2.CC_STAT_LEFT] = min(row[cv2.CC_STAT_LEFT], c)
+        row[cv2.CC_STAT_TOP] = min(row[cv2.CC_STAT_TOP], a)
+        row[cv2.CC_STAT_WIDTH] = right - row[cv2.CC_STAT_LEFT]
+        row[cv2.CC_STAT_HEIGHT] = bottom - row[cv2.CC_STAT_TOP]
+        row[cv2.CC_STAT_AREA] += (b - a) * (d - c)
+    return count, parts, stats
+
+
+def _around(box: tuple, h: int, w: int) -> list:
+    """The pieces of an h×w image around the box (y0, y1, x0, x1), each as its rows, its
+    columns, and the box's pixel beside it: above and below (whole rows), left and right."""
+    y0, y1, x0, x1 = box
+    pieces = (
+        ((0, y0), (0, w), (0, 0)),
+        ((y1, h), (0, w), (-1, 0)),
+        ((y0, y1), (0, x0), (0, 0)),
+        ((y0, y1), (x1, w), (0, -1)),
+    )
+    return [(r, c, at) for r, c, at in pieces if r[0] < r[1] and c[0] < c[1]]
 
 
 def untraced_parts(

@@ -244,12 +244,13 @@ class Predictor:
         stats: TileStats,
         factor: float,
         sparse: bool,
-    ) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray]]:
+    ) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray, list]]:
         """The coarse map refined a band of rows at a time (`refine_bands`; with `sparse`, a
         cell of a band at a time), each kept to what the coarse map leaves open
         (`spnrefine.guard.trust`) unless `guard=False`: per cell its rows, its columns, its
-        channels, and their coarse and refined probabilities (k×rows×columns). Without
-        `sparse` the cells are whole rows."""
+        channels, their coarse and refined probabilities (k×rows×columns), and the spans of
+        its columns (from its first) that the model refined: elsewhere the refined map is
+        the coarse one. Without `sparse` the cells are whole rows."""
         h, w = size = image_rgb.shape[:2]
         bands = refine_bands(
             self._tile_logits,
@@ -268,15 +269,25 @@ class Predictor:
             stop, right = min(band.stop, h), min(band.right, w)
             base = band.coarse[:, : stop - band.start, : right - band.left]
             out = band.refined[:, : stop - band.start, : right - band.left]
-            if self.guard:
-                if band.start != trust_at:
-                    whole = band.left == 0 and right == w and len(band.classes) == coarse.channels
-                    weight = _trust_rows(
-                        coarse, size, band.start, stop, factor, base if whole else None
-                    )
-                    trust_at = band.start
-                keep_coarse(base, out, weight[:, band.left : right])
-            yield slice(band.start, stop), slice(band.left, right), band.classes, base, out
+            width = right - band.left
+            spans = [(a, min(b, width)) for a, b in band.spans if a < width]
+            if self.guard and spans:
+                whole = band.left == 0 and right == w and len(band.classes) == coarse.channels
+                if whole:  # the weight where it is read, from the band's own rows
+                    rims = _trust_rims(coarse, size, band.start, stop, factor)
+                    for a, b in spans:
+                        weight = _trust_rows(
+                            coarse, size, band.start, stop, factor, base, (a, b), rims
+                        )
+                        keep_coarse(base[:, :, a:b], out[:, :, a:b], weight)
+                else:
+                    if band.start != trust_at:
+                        weight = _trust_rows(coarse, size, band.start, stop, factor)
+                        trust_at = band.start
+                    for a, b in spans:
+                        cols = slice(band.left + a, band.left + b)
+                        keep_coarse(base[:, :, a:b], out[:, :, a:b], weight[:, cols])
+            yield slice(band.start, stop), slice(band.left, right), band.classes, base, out, spans
 
     def _refine_binary(
         self,
@@ -307,19 +318,27 @@ class Predictor:
         fg16 = np.empty(size, np.float16) if fragments else None
         odd: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         # Without sparse the cells are whole rows (the flat indices below count on it).
-        for rows, _, _, base, out in self._bands(image_rgb, coarse, stats, factor, sparse=False):
-            labels[rows] = band = out[1] > out[0]
+        bands = self._bands(image_rgb, coarse, stats, factor, sparse=False)
+        for rows, _, _, base, out, spans in bands:
+            # The arg-max: the coarse map's but where the model refined (`spans`).
+            coarse_top = base[1] > base[0]
+            band = coarse_top.copy() if self.guard else coarse_top
+            for a, b in spans:
+                band[:, a:b] = out[1, :, a:b] > out[0, :, a:b]
+            labels[rows] = band
             if keep:
                 fg[rows] = out[1]
             if not self.guard:
                 continue
-            top[rows] = coarse_top = base[1] > base[0]
+            top[rows] = coarse_top
             if keep:
                 coarse_fg[rows] = base[1]
             else:
                 if fg16 is not None:
                     fg16[rows] = out[1]
-                moved = band != coarse_top
+                moved = np.zeros(band.shape, bool)
+                for a, b in spans:
+                    moved[:, a:b] = band[:, a:b] != coarse_top[:, a:b]
                 flat = np.flatnonzero(moved) + rows.start * size[1]
                 odd.append((flat, base[1][moved], out[1][moved]))
         if self.guard:
@@ -374,7 +393,7 @@ class Predictor:
         probs = np.zeros((coarse.channels, h, w), np.float32) if keep else None
         labels = np.empty(size, label_lut(coarse).dtype)
         cells = self._bands(image_rgb, coarse, stats, factor, sparse=not keep)
-        for rows, columns, classes, _, out in cells:
+        for rows, columns, classes, _, out, _ in cells:
             held = present[classes]
             if not held.any():  # only classes the coarse map never chose: void, or nearly
                 labels[rows, columns] = coarse.labels[int(np.argmax(present))]
@@ -454,6 +473,18 @@ class Predictor:
         self._tile_logits = fold_batchnorm(self.model).tile_logits
 
 
+def _trust_rims(
+    coarse: CoarseMap, size: tuple[int, int], start: int, stop: int, factor: float
+) -> tuple:
+    """The upsampled map's peak and arg-max in the rows around rows start:stop that their
+    `trust` weight depends on, above and below (`upsampled_peak`; None where there are none)."""
+    reach = trust_reach(factor)
+    lo, hi = max(0, start - reach), min(size[0], stop + reach)
+    return tuple(
+        upsampled_peak(coarse, size, a, b) if b > a else None for a, b in ((lo, start), (stop, hi))
+    )
+
+
 def _trust_rows(
     coarse: CoarseMap,
     size: tuple[int, int],
@@ -461,21 +492,29 @@ def _trust_rows(
     stop: int,
     factor: float,
     rows: np.ndarray | None = None,
+    columns: tuple[int, int] | None = None,
+    rims: tuple | None = None,
 ) -> np.ndarray:
     """Rows start:stop of the guard's `trust` weight for a map refined band by band, made
     from the upsampled map's peak in those rows and the few around them that it depends on
-    (``rows``: those rows upsampled, every channel, when the caller has them)."""
+    (``rows``: those rows upsampled, every channel, when the caller has them; ``rims``: the
+    rows around, `_trust_rims`). With ``rows`` and ``columns`` (a, b), only those columns of
+    it, made from them and the few beside them it depends on: the same values."""
     reach = trust_reach(factor)
-    lo, hi = max(0, start - reach), min(size[0], stop + reach)
+    lo = max(0, start - reach)
     if rows is None:
-        peak, top = upsampled_peak(coarse, size, lo, hi)
-    else:
-        parts = [upsampled_peak(coarse, size, a, b) for a, b in ((lo, start), (stop, hi)) if b > a]
-        inner = (rows.max(axis=0), argmax_classes(rows))
-        parts.insert(1 if lo < start else 0, inner)
-        peak = np.concatenate([p for p, _ in parts])
-        top = np.concatenate([t.astype(parts[0][1].dtype, copy=False) for _, t in parts])
-    return trust_from(peak, top, factor=factor)[start - lo : stop - lo]
+        peak, top = upsampled_peak(coarse, size, lo, min(size[0], stop + reach))
+        return trust_from(peak, top, factor=factor)[start - lo : stop - lo]
+    # Columns a:b need those within `reach` beside them (erosion and edges reach no further).
+    a, b = columns if columns is not None else (0, size[1])
+    west, east = max(0, a - reach), min(size[1], b + reach)
+    rims = rims if rims is not None else _trust_rims(coarse, size, start, stop, factor)
+    inner = rows[:, :, west:east]
+    parts = [(rim[0][:, west:east], rim[1][:, west:east]) for rim in rims if rim is not None]
+    parts.insert(1 if rims[0] is not None else 0, (inner.max(axis=0), argmax_classes(inner)))
+    peak = np.concatenate([p for p, _ in parts])
+    top = np.concatenate([t.astype(parts[0][1].dtype, copy=False) for _, t in parts])
+    return trust_from(peak, top, factor=factor)[start - lo : stop - lo, a - west : b - west]
 
 
 def check_method(method: str) -> None:

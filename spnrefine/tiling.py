@@ -115,7 +115,10 @@ class Band:
     """A cell of the refined map, rows start:stop and columns left:right, for the channels
     `classes`: `refined`, and the coarse map's own probabilities of those channels, `coarse`,
     both k×(stop−start)×(right−left). Rows and columns may run past the image (a small image
-    is padded up to one tile)."""
+    is padded up to one tile). `spans`: the cell's columns (from `left`, sorted, apart) that
+    tiles sent through the model cover; elsewhere every tile over the cell was one the coarse
+    map is sure of, and `refined` is `coarse` exactly (a copy), so a caller need not look
+    there."""
 
     start: int
     stop: int
@@ -124,6 +127,7 @@ class Band:
     refined: np.ndarray
     left: int
     right: int
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -203,6 +207,17 @@ def _plan_row(
         plan.append(None if sure else present)
         keep.append(found[peak[i] >= min(1 - confident, 1 / len(found))])
     return plan, keep, part
+
+
+def _spans(columns: list[slice]) -> tuple[tuple[int, int], ...]:
+    """The column ranges the slices cover, merged where they meet or overlap, in order."""
+    merged: list[list[int]] = []
+    for a, b in sorted((c.start, c.stop) for c in columns):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return tuple((a, b) for a, b in merged)
 
 
 def refine_bands(
@@ -337,17 +352,26 @@ def refine_bands(
             coarse = own[:, : stop - start, left:right]
         else:
             coarse = fetch(classes, start, stop, left, right)
-        # The summed windows of the tiles the coarse map was sure of, and of the others.
+        # Where only tiles the coarse map was sure of lie, the blend is the coarse map itself;
+        # the columns of the others (`spans`) are blended: the summed windows of the sure
+        # tiles and of the others there, the sure ones' share of the coarse map, and the
+        # others' probabilities.
+        total = coarse.copy()
+        spans = _spans([cx for i, j, _, (cx, _) in over if j in open_rows[i].refined])
+        if not spans:
+            return Band(start, stop, classes, coarse, total, left, right)
         windows = np.zeros((2, stop - start, right - left), np.float32)
         for i, j, (cy, ty), (cx, tx) in over:
             windows[int(j in open_rows[i].refined), cy, cx] += window[ty, tx]
-        total = coarse * windows[0]
+        for a, b in spans:
+            total[:, :, a:b] *= windows[0, :, a:b]
         for i, j, (cy, ty), (cx, tx) in over:
             if (refined := open_rows[i].refined.get(j)) is not None:
                 into = np.searchsorted(classes, refined.classes)
                 _add_channels(total[:, cy, cx], into, refined.total[:, ty, tx])
-        total /= windows[0] + windows[1]
-        return Band(start, stop, classes, coarse, total, left, right)
+        for a, b in spans:
+            total[:, :, a:b] /= windows[0, :, a:b] + windows[1, :, a:b]
+        return Band(start, stop, classes, coarse, total, left, right, spans)
 
     def finished() -> Iterator[Band]:
         """The bands whose rows of tiles have all been refined, in order, cell by cell."""

@@ -427,3 +427,30 @@ def test_the_ids_a_label_map_holds_are_those_np_unique_finds():
         ids = rng.choice([0, 3, top], size=(40, 30)).astype(dtype)
         assert ids_in(ids).tolist() == np.unique(ids).tolist()
         assert ids_in(ids[::2, 1::3]).tolist() == np.unique(ids[::2, 1::3]).tolist()  # a view
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_components_label_a_box_alone_and_give_opencvs_numbers(seed):
+    """guard._components labels only the box the True (or the False) pixels lie in, and fills
+    in the rest: the same count, part numbers and statistics as OpenCV over the image."""
+    import cv2
+
+    from spnrefine.guard import _components, _label
+
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        h, w = rng.integers(1, 60, 2)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        y1, x1 = rng.integers(y0, h + 1), rng.integers(x0, w + 1)
+        mask = np.zeros((h, w), bool)
+        mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.random()
+        if trial % 2:
+            mask = ~mask  # False pixels in the box: holes, and the outside one part
+        for connectivity in (4, 8):
+            count, parts, stats = _components(mask, connectivity)
+            want_count, want_parts, want_stats = _label(mask, connectivity)
+            assert count == want_count
+            np.testing.assert_array_equal(parts, want_parts)
+            assert parts.dtype == want_parts.dtype
+            np.testing.assert_array_equal(stats[1:], want_stats[1:])
+            assert stats[0, cv2.CC_STAT_AREA] == want_stats[0, cv2.CC_STAT_AREA]

