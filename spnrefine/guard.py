@@ -274,6 +274,7 @@ def untraced_parts(
     foreground: np.ndarray | None = None,
     fragment_sure: float = 0.0,
     fragment_area: float = 0.0,
+    moved: np.ndarray | None = None,
 ) -> np.ndarray:
     """H×W bool: the connected parts of each class of `labels` in which the C×H×W `coarse`
     never gives that class `trace` or more, and those smaller than `speck` pixels in which it
@@ -288,7 +289,8 @@ def untraced_parts(
     the caller has it. With ``foreground`` (a binary map's H×W foreground plane of the map
     `labels` is the arg-max of, read in float16) and ``crumbs``, the parts under
     `fragment_area` pixels that the coarse arg-max takes somewhere, but for each class's
-    largest, are crumbs too where their mean probability is under `fragment_sure`."""
+    largest, are crumbs too where their mean probability is under `fragment_sure`.
+    ``moved``: where `labels` and `top` differ (sorted flat indices), when the caller has it."""
     out = np.zeros(labels.shape, bool)
     flat_out = out.reshape(-1)
     judged = probs is not None and sure > 0
@@ -312,7 +314,10 @@ def untraced_parts(
             traced[0] = True  # the pixels of the other classes
             out |= ~traced[parts]
             continue
-        odd = np.flatnonzero(mine.reshape(-1) & (top != c))  # where the coarse map chose another
+        if moved is not None:  # where the coarse map chose another
+            odd = moved[labels.reshape(-1)[moved] == c]
+        else:
+            odd = np.flatnonzero(mine.reshape(-1) & (top != c))
         ids = flat_parts[odd]
         held = np.bincount(ids, minlength=count) < area  # the coarse arg-max takes it somewhere
         if argmax_traces:
@@ -333,7 +338,9 @@ def untraced_parts(
         if crumbs is not None:
             broken = held & small
             if foreground is not None and fragment_sure > 0:
-                broken |= _fragments(c, parts, area, held, foreground, fragment_sure, fragment_area)
+                broken |= _fragments(
+                    c, parts, stats, held, foreground, fragment_sure, fragment_area
+                )
             broken = np.flatnonzero(broken)
             broken = broken[broken > 0]
             if len(broken) > 64:  # many: one pass over the image
@@ -349,28 +356,45 @@ def untraced_parts(
 def _fragments(
     c: int,
     parts: np.ndarray,
-    area: np.ndarray,
+    stats: np.ndarray,
     held: np.ndarray,
     foreground: np.ndarray,
     sure: float,
     limit: float,
 ) -> np.ndarray:
     """Per part of class `c` (0: background, 1: foreground; `parts` its part numbers, 0 the
-    other class): the parts under `limit` pixels that are `held`, but for the largest, whose
-    mean probability of `c` (from `foreground`, read in float16) is under `sure`."""
+    other class; `stats` OpenCV's statistics of them): the parts under `limit` pixels that
+    are `held`, but for the largest, whose mean probability of `c` (from `foreground`, read
+    in float16) is under `sure`."""
+    area = stats[:, cv2.CC_STAT_AREA]
     candidates = held & (area < limit)
     candidates[0] = False
     if len(area) > 1:
         candidates[1 + np.argmax(area[1:])] = False
     if not candidates.any():
         return candidates
-    at = np.flatnonzero(candidates[parts])  # their pixels: few, the parts are small
+    at = _pixels_of(parts, stats, np.flatnonzero(candidates), candidates)
     ids = parts.reshape(-1)[at]
     values = foreground.reshape(-1)[at].astype(np.float16).astype(np.float32)
+    # Sums of float16 values, under 2^10 of them: exact in float64, in any order.
     means = np.bincount(ids, values, minlength=len(area)) / np.maximum(area, 1)
     if c == 0:
         means = 1.0 - means
     return candidates & (means < sure)
+
+
+def _pixels_of(parts: np.ndarray, stats: np.ndarray, which: np.ndarray, chosen: np.ndarray):
+    """Flat indices of the pixels of the parts `which` (`chosen`: the same as a bool per
+    part): a few, each looked for within its bounding box; many, in one pass over the image."""
+    if len(which) > 64:
+        return np.flatnonzero(chosen[parts])
+    width = parts.shape[1]
+    found = []
+    for i in which:
+        x, y, w, h = stats[i, :4]
+        rows, cols = np.nonzero(parts[y : y + h, x : x + w] == i)
+        found.append((rows + y) * width + (cols + x))
+    return np.sort(np.concatenate(found)) if found else np.zeros(0, np.intp)
 
 
 def _still_surrounded(
@@ -469,13 +493,15 @@ def binary_parts(
     part_sure: float = PART_SURE,
     foreground: np.ndarray | None = None,
     fragment_sure: float = FRAGMENT_SURE,
+    moved: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The part rules of `guard` on a binary map, as flat pixel indices: those set back to
     the coarse map, and the crumbs that go to the other class. `labels`: the blended map's
     arg-max; `coarse`, `probs`: the two planes (background, foreground) of the coarse and the
     blended maps; `top`: the coarse arg-max; `foreground`: the blended map's foreground at
     every pixel (H×W, float16 will do), for the fragment rule (`FRAGMENT_SURE`; without it,
-    or where `judges_fragments` says no, none)."""
+    or where `judges_fragments` says no, none); `moved`: where `labels` and `top` differ
+    (sorted flat indices), when the caller has it."""
     crumbs = np.zeros(labels.shape, bool)
     untraced = untraced_parts(
         labels,
@@ -490,6 +516,7 @@ def binary_parts(
         foreground=foreground if judges_fragments(factor) else None,
         fragment_sure=fragment_sure,
         fragment_area=FRAGMENT_AREA * factor * factor,
+        moved=moved,
     )
     back = np.flatnonzero(untraced)
     if not crumbs.any():
