@@ -341,14 +341,8 @@ def untraced_parts(
                 broken |= _fragments(
                     c, parts, stats, held, foreground, fragment_sure, fragment_area
                 )
-            broken = np.flatnonzero(broken)
-            broken = broken[broken > 0]
-            if len(broken) > 64:  # many: one pass over the image
-                crumbs |= (np.bincount(broken, minlength=count) > 0)[parts]
-            else:  # a few: each within its bounding box
-                for i in broken:
-                    x, y, w, h = stats[i, :4]
-                    crumbs[y : y + h, x : x + w] |= parts[y : y + h, x : x + w] == i
+            broken[0] = False  # the pixels of the other classes
+            crumbs.flat[_pixels_of(parts, stats, broken)] = True  # (crumbs may be a view)
         del parts, flat_parts  # before the next class's: at 4096×3072 each is 24-48 MiB
     return out
 
@@ -373,19 +367,19 @@ def _fragments(
         candidates[1 + np.argmax(area[1:])] = False
     if not candidates.any():
         return candidates
-    at = _pixels_of(parts, stats, np.flatnonzero(candidates), candidates)
+    at = _pixels_of(parts, stats, candidates)
     ids = parts.reshape(-1)[at]
     values = foreground.reshape(-1)[at].astype(np.float16).astype(np.float32)
-    # Sums of float16 values, under 2^10 of them: exact in float64, in any order.
     means = np.bincount(ids, values, minlength=len(area)) / np.maximum(area, 1)
     if c == 0:
         means = 1.0 - means
     return candidates & (means < sure)
 
 
-def _pixels_of(parts: np.ndarray, stats: np.ndarray, which: np.ndarray, chosen: np.ndarray):
-    """Flat indices of the pixels of the parts `which` (`chosen`: the same as a bool per
-    part): a few, each looked for within its bounding box; many, in one pass over the image."""
+def _pixels_of(parts: np.ndarray, stats: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Sorted flat indices of the pixels of the parts `chosen` (a bool per part number): a
+    few parts, each looked for within its bounding box; many, in one pass over the image."""
+    which = np.flatnonzero(chosen)
     if len(which) > 64:
         return np.flatnonzero(chosen[parts])
     width = parts.shape[1]
