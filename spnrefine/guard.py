@@ -21,8 +21,13 @@ refined map takes over linearly up to twice this."""
 DEFAULT_NARROW = 4
 """px: the refined map counts only where the coarse map is unsure within this distance all
 round, so a band of uncertainty narrower than about twice this (an already sharp map, such
-as a ×2 one) is kept as it is, and the rims of a wider band too. Only for maps upsampled
-by at most `SHARP_FACTOR`."""
+as a ×2 one) is kept as it is, and the rims of a wider band too. In a map upsampled by at
+most `SHARP_FACTOR` the band's width is also read from its slope: within this distance of a
+step between neighbours steeper than a ramp twice this wide (1/(2·narrow) per px) nothing
+counts, so that many narrow bands side by side (the strokes of a page's text, a fence) are
+not taken for one wide one. (On 20 pages of the documents set as ×2 maps, the one check that
+failed before this rule: IoU 0.9487 in, 0.9466 out without it, 0.9487 with it; the model
+thickened strokes there.)"""
 SHARP_FACTOR = 2.5
 """A coarse map upsampled by at most this factor (one at the image's resolution, or at half of
 it) is already sharp, and `narrow` keeps its band of doubt. In a coarser one a pixel covers
@@ -81,8 +86,9 @@ def trust(
     sure (uncertainty ≤ `sure`), 1 from twice that, linear between; then the least weight
     within `narrow` px (a morphological erosion), except, for a map upsampled by more than
     `SHARP_FACTOR` (`factor`: the image's size over the coarse map's own), within factor/2 px
-    of the edges of its arg-max (`top`, when the caller has it)."""
-    if factor > SHARP_FACTOR and top is None:
+    of the edges of its arg-max (`top`, when the caller has it); in a sharper map, 0 within
+    `narrow` px of a step steeper than 1/(2·narrow) (`DEFAULT_NARROW`)."""
+    if top is None and (factor > SHARP_FACTOR or narrow > 0):
         top = argmax_classes(coarse)
     return trust_from(coarse.max(axis=0), top, sure, narrow, factor)
 
@@ -95,7 +101,7 @@ def trust_from(
     factor: float = 1.0,
 ) -> np.ndarray:
     """`trust` from the coarse map's largest probability at each pixel (`peak`, H×W) and its
-    arg-max (`top`, needed for a `factor` over `SHARP_FACTOR`)."""
+    arg-max (`top`, needed unless `narrow` is 0)."""
     # In place where it can be: at 4096×3072 each H×W float32 map is 48 MiB.
     weight = np.subtract(1.0, peak, dtype=np.float32)  # the uncertainty
     if sure > 0:
@@ -108,6 +114,7 @@ def trust_from(
         return weight
     kept = cv2.erode(weight, _disk(narrow), borderType=cv2.BORDER_REPLICATE)
     if factor <= SHARP_FACTOR:
+        kept[_steep_near(peak, top, narrow) > 0] = 0.0
         return kept
     weight *= _near_edges(top, factor / 2)
     return np.maximum(kept, weight, out=kept)
@@ -123,7 +130,29 @@ def keep_coarse(coarse: np.ndarray, refined: np.ndarray, weight: np.ndarray) -> 
 
 def trust_reach(factor: float = 1.0, narrow: int = DEFAULT_NARROW) -> int:
     """Rows (and columns) around a pixel that its `trust` weight depends on."""
-    return max(narrow, math.ceil(factor / 2) + 1 if factor > SHARP_FACTOR else 0)
+    if factor <= SHARP_FACTOR:
+        return narrow + 1 if narrow > 0 else 0  # a step's far side
+    return max(narrow, math.ceil(factor / 2) + 1)
+
+
+def _steep_near(peak: np.ndarray, top: np.ndarray, narrow: int) -> np.ndarray:
+    """H×W uint8: 1 within `narrow` px of two neighbours (side by side or one above the other)
+    whose probabilities of the first one's class differ by more than 1/(2·narrow), a ramp
+    narrower than 2·narrow px; else 0. From each pixel's largest probability (`peak`) and its
+    class (`top`): where the two classes differ, the second pixel gives the first's class at
+    most 1 − its own peak, so the step is at least the sum of the peaks less 1."""
+    limit = 1.0 / (2 * narrow)
+    steep = np.zeros(peak.shape, np.uint8)
+    for first, second in (
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
+        a, b = peak[first], peak[second]
+        step = np.where(top[first] == top[second], np.abs(b - a), a + b - 1.0)
+        found = step > limit
+        steep[first] |= found
+        steep[second] |= found
+    return cv2.dilate(steep, _disk(narrow))
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -547,7 +576,7 @@ def guard(
     resolution lost is often right where the refiner brings it back, so no part is dropped
     there.)"""
     binary = coarse.shape[0] == 2 and trace > 0
-    top = argmax_classes(coarse) if binary or factor > SHARP_FACTOR else None
+    top = argmax_classes(coarse) if binary or factor > SHARP_FACTOR or narrow > 0 else None
     weight = trust(coarse, sure, narrow, factor, top=top)  # before the copy: it peaks
     out = keep_coarse(coarse, refined.copy(), weight)
     if binary:

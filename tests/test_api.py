@@ -467,17 +467,23 @@ def test_many_classes_are_refused_only_when_their_probabilities_are_asked_for(
     assert not (tmp_path / "soft.npy").exists()
 
 
-def test_a_binary_map_refined_band_by_band_is_the_map_refined_whole(refiner: Refiner):
+@pytest.mark.parametrize("factor", [8, 2])
+def test_a_binary_map_refined_band_by_band_is_the_map_refined_whole(refiner: Refiner, factor):
     # predict holds only the foreground planes and runs the guard's part rules on them;
-    # refine_probs holds both classes whole: the same labels and probabilities.
+    # refine_probs holds both classes whole: the same labels and probabilities. At ×2 the
+    # guard reads the map's slopes too (stripes: steep; the disc's rim: gentle).
     from spnrefine.upsample import upsample_probs
 
     image = gradient_image(160, 200)
-    yy, xx = np.mgrid[:20, :25]
+    h, w = 160 // factor, 200 // factor
+    yy, xx = np.mgrid[:h, :w] * (8 / factor)
     fg = np.clip(1.2 - np.hypot(yy - 10, xx - 12) / 6, 0, 1).astype(np.float32)
-    fg[2:4, 20:22] = 0.45  # a faint trace: parts there are judged by the part rules
+    s = 8 // factor  # coarse pixels per ×8 one
+    fg[2 * s : 4 * s, 20 * s : 22 * s] = 0.45
+    if factor == 2:  # strokes across the first band's last rows (32)
+        fg[14:22, 60:90] = (np.arange(8)[:, None] % 3 == 0) * 0.8 + (np.arange(30) % 4 == 0) * 0.2
     coarse = load_coarse(encode_npy(fg))
-    whole = refiner.refine_probs(image, upsample_probs(coarse.probs, (160, 200)), factor=8.0)
+    whole = refiner.refine_probs(image, upsample_probs(coarse.probs, (160, 200)), factor=factor)
     expected = to_labels(restrict_classes(whole, present_classes(coarse)), coarse, None)
     result = refiner.refine(image, coarse)
     assert np.array_equal(result.labels, expected)

@@ -53,6 +53,27 @@ def test_a_narrow_band_of_doubt_is_kept_and_a_wide_one_refined():
     assert np.allclose(out[:, :, :30], wide[:, :, :30])
 
 
+def test_many_narrow_bands_side_by_side_are_kept_as_narrow_ones():
+    """Strokes 2 px wide, 2 px apart (a page's text), as a ×2 map has them: the doubt covers
+    the whole striped area, wider than `narrow`, but it is made of narrow bands, each kept
+    (the refined map thickening every stroke is not taken)."""
+    import cv2
+
+    x = np.arange(160)
+    strokes = ((x >= 40) & (x < 120) & (x % 4 < 2)).astype(np.float32)[None].repeat(80, 0)
+    small = cv2.resize(strokes, (80, 40), interpolation=cv2.INTER_AREA)
+    coarse = binary(cv2.resize(small, (160, 80), interpolation=cv2.INTER_LINEAR))
+    thick = (x >= 40) & (x < 120) & (x % 4 < 3)
+    refined = binary(thick[None].repeat(80, 0))
+    doubt = trust(coarse, narrow=0) > 0
+    assert doubt[:, 44:116].all()  # unsure from the first stroke to the last
+    assert np.array_equal(guard(coarse, refined, factor=2.0), coarse)
+    # One wide band, as gentle as the strokes are steep, is refined.
+    ramp = ramp_map(16, (80, 160))
+    moved = binary(np.arange(160)[None, :].repeat(80, 0) >= 42)
+    assert (guard(ramp, moved, factor=2.0).argmax(0) == moved.argmax(0)).all()
+
+
 @pytest.mark.parametrize("factor", [4, 8])
 def test_a_hard_masks_upsampling_ramp_is_refined_across_its_width(factor: int):
     """A 0/1 mask at 1/factor upsampled bilinearly (as `refine` does) leaves doubt over about
@@ -454,3 +475,32 @@ def test_components_label_a_box_alone_and_give_opencvs_numbers(seed):
             assert parts.dtype == want_parts.dtype
             np.testing.assert_array_equal(stats[1:], want_stats[1:])
             assert stats[0, cv2.CC_STAT_AREA] == want_stats[0, cv2.CC_STAT_AREA]
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_the_trust_weight_of_some_rows_is_that_of_the_whole_map(factor):
+    """`_trust_rows` makes a band's weight from its rows and the few around that it depends
+    on (`trust_reach`): the same values as `trust` over the whole upsampled map, at any rows
+    and columns; at ×2 with steps (read by their slope) everywhere."""
+    from spnrefine.io.coarse import CoarseMap
+    from spnrefine.predictor import _trust_rows
+    from spnrefine.upsample import upsample_probs
+
+    rng = np.random.default_rng(factor)
+    small = rng.random((24, 30)).astype(np.float32)
+    small[small < 0.3] = 0.0  # sure patches, unsure ones, and steps between them
+    small[small > 0.7] = 1.0
+    small[4:12, 6:20] = np.linspace(0.1, 0.9, 14)  # a gentle ramp
+    coarse = CoarseMap(binary(small), [0, 255], "binary", None, None, "test")
+    size = (24 * factor, 30 * factor)
+    whole = trust(upsample_probs(coarse.probs, size), factor=float(factor))
+    assert 0 < (whole > 0).mean() < 0.9
+    for start, stop in [(0, 7), (7, 20), (13, 14), (20, size[0])]:
+        rows = upsample_probs(coarse.probs, size)[:, start:stop]
+        # (rows upsampled alone may differ from the whole map's by a rounding: 1e-7 × 1/sure)
+        got = _trust_rows(coarse, size, start, stop, factor)
+        np.testing.assert_allclose(got, whole[start:stop], atol=1e-4)
+        for columns in [(0, size[1]), (9, 31), (40, size[1])]:
+            a, b = columns
+            got = _trust_rows(coarse, size, start, stop, factor, rows, columns)
+            np.testing.assert_allclose(got, whole[start:stop, a:b], atol=1e-4)
