@@ -641,8 +641,32 @@ def test_truncated_npy_is_refused():
 
 
 def test_rgb_coarse_png_is_refused_with_advice():
+    colours = np.zeros((4, 4, 3), np.uint8)
+    colours[:2, :, 0] = 128  # colour-coded classes: red above, black below
     with pytest.raises(SpnrefineError, match="unsupported image mode RGB.*palette"):
-        load_coarse(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+        load_coarse(png_bytes(colours))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA"])
+def test_a_gray_map_saved_in_colour_is_read_as_the_gray_map(mode):
+    # Many tools write a mask or a probability map with three equal channels (and opaque
+    # alpha): the same map as the single-channel PNG.
+    fg = soft_disc()
+    gray = load_coarse(png_bytes(fg))
+    channels = {"RGB": 3, "RGBA": 3, "LA": 1}[mode]
+    layers = [fg[..., None]] * channels + (
+        [np.full_like(fg, 255)[..., None]] if "A" in mode else []
+    )
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(layers, -1), mode).save(buf, format="PNG")
+    coarse = load_coarse(buf.getvalue())
+    assert (coarse.kind, coarse.labels) == (gray.kind, gray.labels) == ("prob", [0, 255])
+    assert np.array_equal(coarse.probs, gray.probs)
+    mask = np.where(fg > 128, 255, 0).astype(np.uint8)
+    hard = Image.fromarray(np.repeat(mask[..., None], 3, -1), "RGB")
+    buf = io.BytesIO()
+    hard.save(buf, format="PNG")
+    assert load_coarse(buf.getvalue()).kind == "binary"
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,10 @@ def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMa
     if im.mode == "F":
         # decode_pil has checked the pixel count already.
         return _from_array(np.asarray(im), name, coarse_type, False, None, im.width * im.height)
+    if im.mode in ("RGB", "RGBA", "LA"):
+        gray = _gray_saved_as_colour(im)
+        if gray is not None:
+            return _from_integers(gray, name, coarse_type)
     if im.mode in ("RGBA", "LA"):
         return _from_alpha(np.asarray(im.getchannel("A")), name, im.mode, coarse_type)
     raise SpnrefineError(
@@ -259,6 +263,19 @@ def _from_image(im: Image.Image, name: str, coarse_type: CoarseType) -> CoarseMa
         "probabilities) or a palette PNG; convert colour-coded RGB masks to one of those",
         name,
     )
+
+
+def _gray_saved_as_colour(im: Image.Image) -> np.ndarray | None:
+    """The single-channel map in an RGB image whose channels are equal everywhere (a mask or
+    probability map that a tool saved in colour), or in an opaque RGBA or gray + alpha one;
+    None for anything else (colour-coded classes, a cutout)."""
+    if im.mode in ("RGBA", "LA") and np.asarray(im.getchannel("A")).min() < 255:
+        return None  # a cutout: its alpha channel is the map
+    gray = np.asarray(im.getchannel(0))
+    for band in im.getbands()[1:3] if im.mode != "LA" else ():
+        if not np.array_equal(np.asarray(im.getchannel(band)), gray):
+            return None
+    return gray
 
 
 def _from_alpha(alpha: np.ndarray, name: str, mode: str, coarse_type: CoarseType) -> CoarseMap:
