@@ -9,7 +9,9 @@ Run from the repository root:
 
 ``--data`` is the folder with the training domains (``davis/``, ``horses/``, ``camvid/`` and
 ``davis-coarse/``, the real ISNet maps of DAVIS frames): the in-domain rows, ×8 coarse maps
-from the ground truth and the ISNet maps. ``--split val`` keeps only what the default model's
+from the ground truth, soft (area-downsampled) and hard (``×8 hard``: the label map or 0/255
+mask of each small pixel's majority class, as a segmenter's label PNG), and the ISNet maps.
+``--split val`` keeps only what the default model's
 training held out (the seeded split of ``spnrefine train``: whole DAVIS sequences, CamVid
 val, a fifth of the horses). ``--prepared`` is a folder of further data sets
 (``<set>/{images,masks}/``, coarse maps in ``<set>/coarse-<source>/``): the ``--unseen`` sets
@@ -139,6 +141,21 @@ def coarse_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
     return upsample_onehot(small, (h, w))
 
 
+def hard_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
+    """C×H×W one-hot → area-downsample ×factor → each small pixel's majority class (a label
+    map or 0/255 mask at 1/factor, as a segmenter hands it over; void where void is the most)
+    → bilinear back up → renormalised C×H×W."""
+    c, h, w = onehot.shape
+    small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = np.stack(
+        [cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA) for plane in onehot]
+    )
+    top = small.argmax(0)
+    void = 1.0 - small.sum(0) > small.max(0)
+    hard = (top[None] == np.arange(c)[:, None, None]) & ~void[None]
+    return upsample_onehot(hard.astype(np.float32), (h, w))
+
+
 def upsample_onehot(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """C×h×w probabilities (void: all zero) → bilinear to H×W → renormalised; a pixel with no
     mass in any class (all void) is uniform."""
@@ -231,18 +248,29 @@ class Row:
         return f"{self.set_name} {self.coarse} ({self.count})"
 
 
-def gt_row(group: str, folder: Folder, stems: list[str], factor: int, limit: int | None) -> Row:
-    """Coarse maps made from the ground truth: area-downsampled ×factor (1: as it is)."""
+def gt_row(
+    group: str,
+    folder: Folder,
+    stems: list[str],
+    factor: int,
+    limit: int | None,
+    hard: bool = False,
+) -> Row:
+    """Coarse maps made from the ground truth: area-downsampled ×factor (1: as it is), soft or
+    (`hard`) as the label map or 0/255 mask of its majority classes."""
     classes = folder.classes(stems)
     stems = pick(stems, limit)
-    make = as_is if factor == 1 else partial(coarse_from_onehot, factor=factor)
+    if factor == 1:
+        make = as_is
+    else:
+        make = partial(hard_from_onehot if hard else coarse_from_onehot, factor=factor)
 
     def items() -> Iterator[Sample]:
         for stem in stems:
             gt = folder.gt(stem)
             yield Sample(folder.image(stem), make(onehot_of(gt, classes)), gt, float(factor))
 
-    name = "gt" if factor == 1 else f"×{factor}"
+    name = "gt" if factor == 1 else f"×{factor}" + (" hard" if hard else "")
     return Row(group, folder.name, name, classes, items, len(stems))
 
 
@@ -303,6 +331,7 @@ def shared_rows(
             raise MissingData(f"{data / name}: no images in the {split} split")
         if "in-domain" in groups:
             rows.append(gt_row("in-domain", folder, stems, FACTOR, limit))
+            rows.append(gt_row("in-domain", folder, stems, FACTOR, limit, hard=True))
         if "do-no-harm" in groups:
             rows.append(gt_row("do-no-harm", folder, stems, 1, limit))
             rows.append(gt_row("do-no-harm", folder, stems, HARM_FACTOR, limit))

@@ -120,3 +120,20 @@ def test_every_group_is_scored_on_a_prepared_set(quality, tmp_path: Path, binary
     assert gt_bilinear.split()[5] == "1.0000"
     assert "+0.00" in gt_bilinear
     assert "do-no-harm: IoU in → out" in result.stdout
+
+
+def test_hard_coarse_maps_are_the_majority_class_of_each_small_pixel():
+    labels = np.zeros((32, 48), np.uint8)
+    labels[5:21, 7:30] = 1  # a box whose edges cut the 8×8 cells (no cell half and half)
+    labels[24:, 40:] = 255  # void in one corner cell, and less than half of another
+    labels[30:, 32:40] = 255
+    onehot = quality_script.onehot_of(labels, 2)
+    hard = quality_script.hard_from_onehot(onehot, 8)
+    small = quality_script.coarse_from_onehot(onehot, 8)  # the soft map, for contrast
+    cells = cv2.resize(onehot[1], (6, 4), interpolation=cv2.INTER_AREA)
+    expected = np.kron(cells >= 0.5, np.ones((8, 8), bool))  # nearest upsampling
+    centres = (slice(4, None, 8), slice(4, None, 8))  # 15/16 a cell's own value
+    assert np.array_equal(hard[1][centres] > 0.5, expected[centres])
+    assert np.allclose(hard[:, 28:32, 44:48], 0.5)  # the void cell: uniform
+    assert np.allclose(hard[0][28, 36], 1.0)  # a quarter void: background, the majority
+    assert not np.allclose(small, hard)
