@@ -268,6 +268,29 @@ def test_recipe_draws_factors_in_its_range_and_leaves_its_clean_share_unperturbe
     assert Recipe().check() is None
 
 
+def test_a_hard_share_of_the_maps_is_each_small_pixels_majority_class():
+    import cv2
+
+    labels = np.zeros((96, 96), np.uint8)
+    labels[20:70, 30:81] = 1
+    rng = np.random.default_rng(0)
+    recipe = Recipe((8.0, 8.0), clean=1.0, hard=1.0)  # unperturbed, ×8, all hard
+    coarse = synthesize_coarse(labels, 2, rng, recipe=recipe)
+    small = cv2.resize(labels.astype(np.float32), (12, 12), interpolation=cv2.INTER_AREA)
+    hard = cv2.resize((small > 0.5).astype(np.float32), (96, 96), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(coarse[1], hard, atol=1e-6)
+    soft = synthesize_coarse(labels, 2, None, factor=8)
+    assert np.abs(soft[1] - hard).max() > 0.2  # a cell three parts foreground: 0.75 there
+    # A share: about that many maps are hard (their values a bilinear blend of 0s and 1s).
+    recipe = Recipe((8.0, 8.0), clean=1.0, hard=0.3)
+    rng = np.random.default_rng(1)
+    count = 0
+    for _ in range(200):
+        count += np.allclose(synthesize_coarse(labels, 2, rng, recipe=recipe)[1], hard, atol=1e-6)
+    assert 0.2 < count / 200 < 0.4
+    assert Recipe(hard=1.5).check() and Recipe(hard=float("nan")).check()
+
+
 def test_factors_and_clean_share_are_saved_and_fixed_for_a_resume(tmp_path):
     from typer.testing import CliRunner
 
@@ -285,11 +308,16 @@ def test_factors_and_clean_share_are_saved_and_fixed_for_a_resume(tmp_path):
     result = CliRunner().invoke(app, [*base, *small, "--clean-share", "nan", "-q"])
     assert result.exit_code != 0 and not (out / "train_state.json").exists()
     result = CliRunner().invoke(
-        app, [*base, *small, "--factors", "1.5,6", "--clean-share", "0.5", "--until", "1", "-q"]
+        app,
+        [*base, *small, "--factors", "1.5,6", "--clean-share", "0.5", "--hard-share", "0.25"]
+        + ["--until", "1", "-q"],
     )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_state.json").read_text())["config"]
     assert saved["factors"] == [1.5, 6.0] and saved["clean_share"] == 0.5
+    assert saved["hard_share"] == 0.25
+    refused = CliRunner().invoke(app, [*base, "--resume", "--hard-share", "0.5", "-q"])
+    assert refused.exit_code != 0 and "--hard-share" in refused.output
     refused = CliRunner().invoke(app, [*base, "--resume", "--factors", "2,6", "-q"])
     assert refused.exit_code != 0
     assert "started with --factors 1.5,6; resume it with the same" in refused.output

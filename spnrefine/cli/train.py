@@ -195,6 +195,15 @@ def train(
             "(only downsampled), as a sharp map is.",
         ),
     ] = 0.2,
+    hard_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the synthetic coarse maps made hard: each small pixel its "
+            "majority class, as a segmenter's label PNG or 0/255 mask is.",
+        ),
+    ] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[
         int,
@@ -241,6 +250,7 @@ def train(
             "real_share": real_share,
             "factors": parse_factors(factors),
             "clean_share": clean_share,
+            "hard_share": hard_share,
         }
         try:
             config = saved_config(out)
@@ -298,6 +308,7 @@ def train(
         real_share=real_share,
         factors=parse_factors(factors),
         clean_share=clean_share,
+        hard_share=hard_share,
         model=model_config,
         widen_to=parsed_widths if init else None,
     )

@@ -39,6 +39,7 @@ class TrainConfig:
     real_share: float | None = None  # patches on a real coarse map where one exists (None: alike)
     factors: tuple[float, float] = Recipe.factors  # synthetic maps: this much smaller, log-uniform
     clean_share: float = Recipe.clean  # synthetic maps whose shapes are not perturbed
+    hard_share: float = Recipe.hard  # synthetic maps made hard (majority class per small pixel)
     model: ModelConfig = field(default_factory=ModelConfig)
     # Settings changed on a resume with override: {"step": N, "<setting>": [before, after]}.
     changes: list[dict] = field(default_factory=list)
@@ -50,7 +51,7 @@ class TrainConfig:
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe(tuple(self.factors), self.clean_share)
+        return Recipe(tuple(self.factors), self.clean_share, self.hard_share)
 
     @property
     def held_out_seed(self) -> int:

@@ -240,10 +240,13 @@ def _fill_ignore(labels: np.ndarray, max_steps: int = 32) -> np.ndarray:
 @dataclass(frozen=True)
 class Recipe:
     """The synthetic coarse maps of training: each ``factors[0]``–``factors[1]`` times smaller
-    than its patch (log-uniform), and its shapes perturbed in all but a ``clean`` share."""
+    than its patch (log-uniform), its shapes perturbed in all but a ``clean`` share, and a
+    ``hard`` share of them made hard: each small pixel its majority class, probability 1, as
+    a segmenter's label map or 0/255 mask hands it over."""
 
     factors: tuple[float, float] = (4.0, 16.0)
     clean: float = 0.2
+    hard: float = 0.0
 
     def check(self) -> str | None:
         """What is wrong with it, or None."""
@@ -252,6 +255,8 @@ class Recipe:
             return f"--factors {low:g},{high:g}: expected 1 ≤ MIN ≤ MAX, both finite"
         if not 0 <= self.clean <= 1:  # a NaN fails it too
             return f"--clean-share {self.clean:g}: expected a share from 0 to 1"
+        if not 0 <= self.hard <= 1:
+            return f"--hard-share {self.hard:g}: expected a share from 0 to 1"
         return None
 
 
@@ -278,12 +283,21 @@ def synthesize_coarse(
     small = (max(2, int(round(h / factor))), max(2, int(round(w / factor))))
     probs = one_hot(labels, num_classes)
     coarse = _renormalise(downsample_probs(probs, small))
+    # Drawn only when asked for, so that the maps of runs without it stay what they were.
+    if rng is not None and recipe.hard > 0 and rng.random() < recipe.hard:
+        return _renormalise(upsample_probs(_majority(coarse), (h, w)))
     if rng is not None and rng.random() < 0.5:
         # Segmenters are over- or under-confident; vary the temperature of the map.
         logits = np.log(np.clip(coarse, 1e-6, 1.0)) * rng.uniform(0.5, 2.0)
         coarse = np.exp(logits - logits.max(0, keepdims=True))
         coarse = _renormalise(coarse)
     return _renormalise(np.clip(upsample_probs(coarse, (h, w)), 0, 1))
+
+
+def _majority(coarse: np.ndarray) -> np.ndarray:
+    """C×h×w probabilities → the one-hot map of each pixel's most probable class."""
+    top = coarse.argmax(0)
+    return (top[None] == np.arange(len(coarse))[:, None, None]).astype(np.float32)
 
 
 @dataclass

@@ -114,7 +114,8 @@ def train(
 
 def check_mix(config: TrainConfig) -> None:
     """--data-weights: one share ≥ 0 per data folder; --real-share: a share, of real maps
-    that --coarse-source names; --factors and --clean-share: a recipe that can be drawn."""
+    that --coarse-source names; --factors, --clean-share and --hard-share: a recipe that can
+    be drawn."""
     weights = config.data_weights
     if weights is not None:
         if len(weights) != len(config.data):

@@ -89,6 +89,7 @@ FIXED = (
     ("--coarse-source", "coarse_sources"),
     ("--factors", "factors"),
     ("--clean-share", "clean_share"),
+    ("--hard-share", "hard_share"),
 )
 
 
