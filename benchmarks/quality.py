@@ -130,30 +130,28 @@ def onehot_of(labels: np.ndarray, classes: int) -> np.ndarray:
     return (labels[None] == np.arange(classes)[:, None, None]).astype(np.float32)
 
 
-def coarse_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
-    """C×H×W one-hot → area-downsample ×factor → bilinear back up → renormalised C×H×W."""
-    c, h, w = onehot.shape
+def area_downsample(onehot: np.ndarray, factor: int) -> np.ndarray:
+    """C×H×W one-hot → each class's share of every factor×factor cell, C×h×w."""
+    _, h, w = onehot.shape
     small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
     # OpenCV 5's area resize takes at most 4 channels at a non-integer ratio: a plane at a time
-    small = np.stack(
+    return np.stack(
         [cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA) for plane in onehot]
     )
-    return upsample_onehot(small, (h, w))
+
+
+def coarse_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
+    """C×H×W one-hot → area-downsample ×factor → bilinear back up → renormalised C×H×W."""
+    return upsample_onehot(area_downsample(onehot, factor), onehot.shape[1:])
 
 
 def hard_from_onehot(onehot: np.ndarray, factor: int = FACTOR) -> np.ndarray:
     """C×H×W one-hot → area-downsample ×factor → each small pixel's majority class (a label
     map or 0/255 mask at 1/factor, as a segmenter hands it over; void where void is the most)
     → bilinear back up → renormalised C×H×W."""
-    c, h, w = onehot.shape
-    small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    small = np.stack(
-        [cv2.resize(plane, small_size, interpolation=cv2.INTER_AREA) for plane in onehot]
-    )
-    top = small.argmax(0)
-    void = 1.0 - small.sum(0) > small.max(0)
-    hard = (top[None] == np.arange(c)[:, None, None]) & ~void[None]
-    return upsample_onehot(hard.astype(np.float32), (h, w))
+    small = area_downsample(onehot, factor)
+    labels = np.where(1.0 - small.sum(0) > small.max(0), VOID, small.argmax(0))
+    return upsample_onehot(onehot_of(labels, len(onehot)), onehot.shape[1:])
 
 
 def upsample_onehot(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:

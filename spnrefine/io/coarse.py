@@ -272,10 +272,9 @@ def _gray_saved_as_colour(im: Image.Image) -> np.ndarray | None:
     if im.mode in ("RGBA", "LA") and np.asarray(im.getchannel("A")).min() < 255:
         return None  # a cutout: its alpha channel is the map
     gray = np.asarray(im.getchannel(0))
-    for band in im.getbands()[1:3] if im.mode != "LA" else ():
-        if not np.array_equal(np.asarray(im.getchannel(band)), gray):
-            return None
-    return gray
+    colours = im.getbands()[1:3] if im.mode != "LA" else ()  # LA: one channel besides alpha
+    same = all(np.array_equal(np.asarray(im.getchannel(band)), gray) for band in colours)
+    return gray if same else None
 
 
 def _from_alpha(alpha: np.ndarray, name: str, mode: str, coarse_type: CoarseType) -> CoarseMap:

@@ -285,19 +285,14 @@ def synthesize_coarse(
     coarse = _renormalise(downsample_probs(probs, small))
     # Drawn only when asked for, so that the maps of runs without it stay what they were.
     if rng is not None and recipe.hard > 0 and rng.random() < recipe.hard:
-        return _renormalise(upsample_probs(_majority(coarse), (h, w)))
+        majority = one_hot(coarse.argmax(0), num_classes)
+        return _renormalise(upsample_probs(majority, (h, w)))
     if rng is not None and rng.random() < 0.5:
         # Segmenters are over- or under-confident; vary the temperature of the map.
         logits = np.log(np.clip(coarse, 1e-6, 1.0)) * rng.uniform(0.5, 2.0)
         coarse = np.exp(logits - logits.max(0, keepdims=True))
         coarse = _renormalise(coarse)
     return _renormalise(np.clip(upsample_probs(coarse, (h, w)), 0, 1))
-
-
-def _majority(coarse: np.ndarray) -> np.ndarray:
-    """C×h×w probabilities → the one-hot map of each pixel's most probable class."""
-    top = coarse.argmax(0)
-    return (top[None] == np.arange(len(coarse))[:, None, None]).astype(np.float32)
 
 
 @dataclass
